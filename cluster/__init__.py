@@ -1,0 +1,1 @@
+"""kvfleet cluster side: configuration, the demo model and the kvfleet CLI."""

@@ -1,0 +1,1 @@
+"""The public gRPC API, kvfleet/v1 (protos and generated stubs)."""

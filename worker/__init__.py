@@ -1,0 +1,1 @@
+"""The serving engine: paged KV cache, prefix cache, continuous-batching scheduler, model."""
