@@ -1,0 +1,13 @@
+"""Llama-family models (Llama 2/3, Mistral, Qwen2, Qwen3): config, layers, weights loading."""
+
+from worker.model.config import SUPPORTED_ARCHITECTURES, Llama3RopeScaling, ModelConfig
+from worker.model.llama import LlamaForCausalLM
+from worker.model.loader import load_model
+
+__all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "Llama3RopeScaling",
+    "LlamaForCausalLM",
+    "ModelConfig",
+    "load_model",
+]

@@ -1,0 +1,67 @@
+"""Self-attention over the paged KV cache."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels import ops
+from kernels.attention_metadata import PagedAttentionMetadata
+from worker.model.config import ModelConfig
+from worker.model.linear import Linear, QKVLinear
+from worker.model.norm import RMSNorm
+from worker.model.rotary import RotaryEmbedding
+
+
+class Attention(nn.Module):
+    """qkv projection → (Qwen3: RMSNorm of each q and k head) → rotary → store this step's keys
+    and values in the layer's cache → causal attention over the cached context → o projection."""
+
+    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scale = config.head_dim**-0.5
+        self.qkv_proj = QKVLinear(
+            config.hidden_size,
+            config.head_dim,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            bias=config.qkv_bias,
+        )
+        self.o_proj = Linear(
+            config.num_attention_heads * config.head_dim,
+            config.hidden_size,
+            bias=config.o_proj_bias,
+        )
+        self.q_norm: RMSNorm | None = None
+        self.k_norm: RMSNorm | None = None
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+        # Shared by every layer: one cos/sin table per model.
+        self.rotary_emb = rotary_emb
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        kv_cache: torch.Tensor,
+        meta: PagedAttentionMetadata,
+    ) -> torch.Tensor:
+        """``hidden`` [T, hidden_size] → [T, hidden_size]; writes this step's keys and values
+        into ``kv_cache`` [2, num_blocks, block_size, KV, D] at ``meta.slot_mapping``."""
+        num_tokens = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split(
+            [self.qkv_proj.q_size, self.qkv_proj.kv_size, self.qkv_proj.kv_size], dim=-1
+        )
+        q = q.reshape(num_tokens, self.num_heads, self.head_dim)
+        k = k.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.reshape(num_tokens, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary_emb(positions, q, k)
+        ops.store_kv(k, v, kv_cache, meta.slot_mapping)
+        out = ops.paged_attention(q, kv_cache, meta, self.scale)
+        return self.o_proj(out.reshape(num_tokens, self.num_heads * self.head_dim))

@@ -1,0 +1,101 @@
+"""Building a model in its dtype and filling it from a safetensors checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from worker.errors import ModelLoadError
+from worker.model.checkpoint import checkpoint_files, iter_tensors
+from worker.model.config import ModelConfig
+from worker.model.llama import LlamaForCausalLM
+from worker.model.weights import ShardId, get_weight_loader
+
+
+def load_model(
+    model_dir: Path, config: ModelConfig, device: torch.device | str = "cpu"
+) -> LlamaForCausalLM:
+    """Build the model directly in ``config.dtype`` on ``device`` and load every weight from
+    ``model_dir``; returns it in eval mode with gradients off. Raises ``ModelLoadError`` naming
+    the file and tensor for any missing, unknown, corrupt or mis-shaped weight."""
+    device = torch.device(device)
+    with torch.device(device), _default_dtype(config.dtype):
+        model = LlamaForCausalLM(config)
+    load_weights(model, Path(model_dir), device)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_weights(model: LlamaForCausalLM, model_dir: Path, device: torch.device) -> None:
+    """Copy every checkpoint tensor into its parameter through the parameter's weight_loader."""
+    params = dict(model.named_parameters())
+    expected = _expected_checkpoint_names(model, params)
+    loaded: set[str] = set()
+    for path in checkpoint_files(model_dir):
+        for name, tensor in iter_tensors(path, device):
+            if _ignored(name, model):
+                continue
+            param_name, shard_id = _param_name(name, model)
+            param = params.get(param_name)
+            if param is None:
+                raise ModelLoadError(f"{path}: unknown tensor {name!r}")
+            try:
+                get_weight_loader(param)(param, tensor.to(param.dtype), shard_id)
+            except ModelLoadError as e:
+                raise ModelLoadError(f"{path}: tensor {name!r}: {e}") from e
+            loaded.add(name)
+    missing = sorted(expected - loaded)
+    if missing:
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise ModelLoadError(f"{model_dir}: checkpoint is missing tensors: {shown}")
+
+
+def _ignored(name: str, model: LlamaForCausalLM) -> bool:
+    # inv_freq is recomputed, not loaded; a tied lm_head is the embedding table itself.
+    if name.endswith(".rotary_emb.inv_freq"):
+        return True
+    return name == "lm_head.weight" and model.config.tie_word_embeddings
+
+
+def _param_name(name: str, model: LlamaForCausalLM) -> tuple[str, ShardId]:
+    """Checkpoint tensor name → (our parameter name, shard id within it)."""
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[-2] in model.packed_modules_mapping:
+        module, shard_id = model.packed_modules_mapping[parts[-2]]
+        return ".".join([*parts[:-2], module, parts[-1]]), shard_id
+    return name, None
+
+
+def _expected_checkpoint_names(
+    model: LlamaForCausalLM, params: dict[str, nn.Parameter]
+) -> set[str]:
+    """Every checkpoint tensor the model needs: a packed parameter needs each of its shards."""
+    unpacked: dict[str, list[str]] = {}
+    for checkpoint_module, (module, _) in model.packed_modules_mapping.items():
+        unpacked.setdefault(module, []).append(checkpoint_module)
+    names = set()
+    for param_name in params:
+        parts = param_name.split(".")
+        for module in unpacked.get(parts[-2], [parts[-2]]):
+            names.add(".".join([*parts[:-2], module, parts[-1]]))
+    return names
+
+
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    # Parameters are created in the target dtype instead of float32-then-cast, which would
+    # briefly need twice the memory. The default dtype is process-global: build one model at
+    # a time.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
