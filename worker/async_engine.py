@@ -1,0 +1,135 @@
+"""The asyncio face of the engine: stream a request's outputs, abort it, from any coroutine."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from worker.engine import Engine
+from worker.errors import DuplicateRequestError, EngineDeadError, KVFleetError
+from worker.outputs import RequestOutput
+from worker.request import Request
+from worker.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class _Add:
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    request_id: str
+
+
+class AsyncEngine:
+    """Runs the engine's step loop on a thread of its own (torch releases the GIL in its ops, so
+    the event loop stays responsive) and routes each output to its request's stream. A stream
+    that is closed early (cancelled, or its consumer stops) aborts its request."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput]]]
+        self._streams = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._dead: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kvfleet-engine", daemon=True)
+        self._thread.start()
+
+    async def generate(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        cache_salt: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        """Validate (raising InvalidRequestError before anything is queued), then yield the
+        request's outputs until the one marked finished."""
+        if self._dead is not None:
+            raise EngineDeadError(f"engine stopped: {self._dead!r}")
+        request_id = request_id or f"req-{next(self._ids)}"
+        request = self.engine.make_request(request_id, prompt, params, cache_salt)
+        stream: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        with self._lock:
+            if request_id in self._streams:
+                raise DuplicateRequestError(request_id)
+            self._streams[request_id] = (asyncio.get_running_loop(), stream)
+        self._commands.put(_Add(request))
+        finished = False
+        try:
+            while not finished:
+                output = await stream.get()
+                finished = output.finished
+                if output.error is not None:
+                    raise EngineDeadError(output.error)
+                yield output
+        finally:
+            if not finished:
+                self._commands.put(_Abort(request_id))
+            with self._lock:
+                self._streams.pop(request_id, None)
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request by id; its stream ends with finish_reason "abort"."""
+        self._commands.put(_Abort(request_id))
+
+    def shutdown(self) -> None:
+        self._commands.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                block = not self.engine.has_unfinished()
+                while True:
+                    try:
+                        command = self._commands.get(block=block)
+                    except queue.Empty:
+                        break
+                    if command is None:
+                        return
+                    self._apply(command)
+                    block = False
+                if self.engine.has_unfinished():
+                    self._deliver(self.engine.step())
+        except BaseException as exc:  # every stream must learn that the engine died
+            self._dead = exc
+            self._fail_all(f"engine stopped: {exc!r}")
+            raise
+
+    def _apply(self, command: _Add | _Abort) -> None:
+        if isinstance(command, _Add):
+            try:
+                self.engine.add_request(command.request)
+            except KVFleetError as exc:
+                self._deliver([_error_output(command.request.request_id, str(exc))])
+        else:
+            final = self.engine.abort(command.request_id)
+            if final is not None:
+                self._deliver([final])
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        with self._lock:
+            for output in outputs:
+                target = self._streams.get(output.request_id)
+                if target is not None:
+                    loop, stream = target
+                    loop.call_soon_threadsafe(stream.put_nowait, output)
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            targets = list(self._streams.items())
+        for request_id, (loop, stream) in targets:
+            loop.call_soon_threadsafe(stream.put_nowait, _error_output(request_id, message))
+
+
+def _error_output(request_id: str, message: str) -> RequestOutput:
+    return RequestOutput(
+        request_id, [], "", None, finished=True, finish_reason="error", error=message
+    )

@@ -1,0 +1,195 @@
+"""The engine core: requests in, one scheduled and executed batch per step, outputs out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from worker.config import EngineConfig
+from worker.errors import DuplicateRequestError, InvalidRequestError
+from worker.kv_cache_manager import KVCacheManager
+from worker.kv_events import KVEvent
+from worker.load_report import LoadReport
+from worker.model.config import ModelConfig
+from worker.model.loader import load_model
+from worker.model_runner import ModelRunner
+from worker.output_state import OutputState
+from worker.outputs import RequestOutput
+from worker.request import Request, RequestStatus
+from worker.sampler import SampledToken, Sampler
+from worker.sampling_params import SamplingLimits, SamplingParams
+from worker.scheduler import ScheduledRequest, Scheduler, SchedulerConfig
+from worker.tokenizer import Tokenizer
+
+
+@dataclass
+class StepTimes:
+    """Seconds spent in each phase of every step so far; the benchmark reads them."""
+
+    steps: int = 0
+    schedule: float = 0.0
+    prepare: float = 0.0
+    forward: float = 0.0
+    sample: float = 0.0
+    output: float = 0.0
+
+
+class Engine:
+    """Synchronous engine core: not thread-safe; AsyncEngine drives it from one thread."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.model_config = ModelConfig.from_dir(config.model, config.dtype)
+        self.tokenizer = Tokenizer.from_dir(config.model)
+        mc = self.model_config
+        self.max_model_len = min(config.max_model_len or mc.max_model_len, mc.max_model_len)
+        self.limits = SamplingLimits(
+            max_model_len=self.max_model_len,
+            vocab_size=mc.vocab_size,
+            max_stop_strings=config.max_stop_strings,
+            max_stop_string_chars=config.max_stop_string_chars,
+            max_logprobs=config.max_logprobs,
+        )
+        per_block = ModelRunner.kv_bytes_per_block(mc, config.block_size)
+        num_blocks = config.num_kv_blocks or max(1, config.kv_cache_bytes // per_block)
+        torch.manual_seed(config.seed)
+        self.runner = ModelRunner(load_model(config.model, mc), mc, num_blocks, config.block_size)
+        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs), self.kv
+        )
+        self.sampler = Sampler()
+        self.times = StepTimes()
+        self._states: dict[str, OutputState] = {}
+        self._eos_ids = frozenset(mc.eos_token_ids)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv.pool.num_blocks
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    def make_request(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        cache_salt: str | None = None,
+    ) -> Request:
+        """Validate and tokenize; touches no engine state, so any thread may call it."""
+        if not request_id:
+            raise InvalidRequestError("request_id", "is empty")
+        if isinstance(prompt, str):
+            token_ids = self.tokenizer.encode(prompt) if prompt else []
+        else:
+            token_ids = list(prompt)
+            bad = next((t for t in token_ids if not 0 <= t < self.model_config.vocab_size), None)
+            if bad is not None:
+                raise InvalidRequestError(
+                    "prompt_token_ids",
+                    f"token id {bad} is outside the vocabulary [0, {self.model_config.vocab_size})",
+                )
+        if not token_ids:
+            raise InvalidRequestError("prompt", "is empty")
+        if len(token_ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                "prompt",
+                f"{len(token_ids)} tokens leave no room in the model's context of "
+                f"{self.max_model_len} tokens",
+            )
+        params.validate(len(token_ids), self.limits)
+        needed = -(-(len(token_ids) + params.max_tokens) // self.config.block_size)
+        if needed > self.num_blocks:
+            raise InvalidRequestError(
+                "max_tokens",
+                f"prompt plus max_tokens need {needed} KV blocks; the cache has {self.num_blocks}",
+            )
+        return Request(request_id, token_ids, params, self.config.block_size, cache_salt)
+
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self._states:
+            raise DuplicateRequestError(request.request_id)
+        self._states[request.request_id] = OutputState(
+            request, self.tokenizer, self._eos_ids, self.max_model_len
+        )
+        self.scheduler.add(request)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request wherever it is and free its blocks; its final output, or None if the
+        id is unknown (finished already, say)."""
+        state = self._states.pop(request_id, None)
+        if state is None:
+            return None
+        self.scheduler.finish(state.request, RequestStatus.FINISHED_ABORTED)
+        return state.take_output()
+
+    def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
+        batch = self.scheduler.schedule()
+        t1 = time.perf_counter()
+        if not batch.scheduled:
+            return []
+        inputs = self.runner.prepare(batch, self.kv.block_ids)
+        t2 = time.perf_counter()
+        logits = self.runner.execute(inputs)
+        t3 = time.perf_counter()
+        sampling = [s.request for s in batch.scheduled if s.samples]
+        sampled = self.sampler.sample(
+            logits, [r.params for r in sampling], [r.generator for r in sampling]
+        )
+        t4 = time.perf_counter()
+        outputs = self._process(batch.scheduled, sampling, sampled)
+        t5 = time.perf_counter()
+        times = self.times
+        times.steps += 1
+        times.schedule += t1 - t0
+        times.prepare += t2 - t1
+        times.forward += t3 - t2
+        times.sample += t4 - t3
+        times.output += t5 - t4
+        return outputs
+
+    def _process(
+        self,
+        scheduled: list[ScheduledRequest],
+        sampling: list[Request],
+        sampled: list[SampledToken],
+    ) -> list[RequestOutput]:
+        for item in scheduled:
+            self.kv.cache_blocks(item.request)
+        now = time.monotonic()
+        outputs = []
+        for request, token in zip(sampling, sampled, strict=True):
+            request.append_output_token(token.token_id)
+            if request.first_token_time is None:
+                request.first_token_time = now
+            state = self._states[request.request_id]
+            status = state.on_token(token)
+            if status is not None:
+                self.scheduler.finish(request, status)
+                del self._states[request.request_id]
+            outputs.append(state.take_output())
+        return outputs
+
+    def load_report(self) -> LoadReport:
+        waiting = self.scheduler.waiting
+        return LoadReport(
+            num_waiting=len(waiting),
+            waiting_prefill_tokens=sum(r.num_tokens - r.num_computed_tokens for r in waiting),
+            num_running=len(self.scheduler.running),
+            kv_usage=self.kv.pool.usage(),
+            num_free_blocks=self.kv.pool.num_free,
+            prefix_queries=self.kv.prefix_queries,
+            prefix_hits=self.kv.prefix_hits,
+        )
+
+    def drain_kv_events(self) -> list[KVEvent]:
+        return self.kv.pool.events.drain()
+
+    def check_integrity(self) -> None:
+        self.kv.check_integrity()
+        live = {r.request_id for r in [*self.scheduler.waiting, *self.scheduler.running]}
+        assert live == set(self._states), "scheduler and output states disagree"

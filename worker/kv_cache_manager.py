@@ -1,0 +1,106 @@
+"""Which KV blocks each request holds: prefix-cache hits, allocation for new tokens, release."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.block_pool import BlockPool
+from worker.free_block_queue import KVBlock
+from worker.request import Request
+
+
+class KVCacheManager:
+    """Maps requests to their block tables on top of the shared BlockPool."""
+
+    def __init__(self, num_blocks: int, block_size: int, enable_caching: bool = True) -> None:
+        self.block_size = block_size
+        self.pool = BlockPool(num_blocks, enable_caching)
+        self._blocks: dict[str, list[KVBlock]] = {}
+        self._num_cached_blocks: dict[str, int] = {}
+        self.prefix_queries = 0  # tokens looked up in the prefix cache
+        self.prefix_hits = 0  # of which found
+
+    def block_ids(self, request_id: str) -> list[int]:
+        return [b.block_id for b in self._blocks.get(request_id, ())]
+
+    def get_computed_blocks(self, request: Request) -> list[KVBlock]:
+        """The longest cached prefix of the request, in whole blocks. At least the last token is
+        always left to compute, since its logits are needed."""
+        if not self.pool.enable_caching:
+            return []
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        hits: list[KVBlock] = []
+        for block_hash in request.block_hashes[:max_blocks]:
+            block = self.pool.lookup(block_hash)
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def record_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
+        """Count an admitted request's prefix-cache lookup in the hit-rate statistics."""
+        self.prefix_queries += num_tokens
+        self.prefix_hits += num_hit_tokens
+
+    def allocate_slots(
+        self, request: Request, num_new_tokens: int, computed_blocks: Sequence[KVBlock] = ()
+    ) -> bool:
+        """Give the request blocks for ``num_new_tokens`` more tokens on top of what it holds and
+        of ``computed_blocks`` (cache hits, taken now). False, with nothing changed, if the pool
+        is short."""
+        held = self._blocks.get(request.request_id, [])
+        num_tokens = (
+            request.num_computed_tokens + len(computed_blocks) * self.block_size + num_new_tokens
+        )
+        needed = -(-num_tokens // self.block_size) - len(held) - len(computed_blocks)
+        revived = sum(1 for b in computed_blocks if b.ref_cnt == 0)
+        if max(needed, 0) + revived > self.pool.num_free:
+            return False
+        self.pool.touch(computed_blocks)
+        blocks = self._blocks.setdefault(request.request_id, [])
+        blocks.extend(computed_blocks)
+        if needed > 0:
+            blocks.extend(self.pool.allocate(needed))
+        if computed_blocks:
+            self._num_cached_blocks[request.request_id] = len(computed_blocks)
+        return True
+
+    def cache_blocks(self, request: Request) -> None:
+        """Publish the request's blocks that are now full and computed to the prefix cache."""
+        if not self.pool.enable_caching:
+            return
+        blocks = self._blocks.get(request.request_id)
+        if not blocks:
+            return
+        done = self._num_cached_blocks.get(request.request_id, 0)
+        num_full = min(request.num_computed_tokens // self.block_size, len(request.block_hashes))
+        for index in range(done, num_full):
+            start = index * self.block_size
+            self.pool.cache(
+                blocks[index],
+                request.block_hashes[index],
+                request.block_hashes[index - 1] if index else None,
+                tuple(request.all_token_ids[start : start + self.block_size]),
+            )
+        self._num_cached_blocks[request.request_id] = max(done, num_full)
+
+    def free(self, request: Request) -> None:
+        blocks = self._blocks.pop(request.request_id, [])
+        self._num_cached_blocks.pop(request.request_id, None)
+        self.pool.free(reversed(blocks))
+
+    def check_integrity(self) -> None:
+        """Pool invariants, plus: each block's ref_cnt equals the number of block tables holding
+        it, and no request holds a block twice."""
+        self.pool.check_integrity()
+        holders = [0] * self.pool.num_blocks
+        for request_id, blocks in self._blocks.items():
+            ids = [b.block_id for b in blocks]
+            assert len(set(ids)) == len(ids), f"request {request_id} holds a block twice"
+            for block_id in ids:
+                holders[block_id] += 1
+        for block in self.pool.blocks:
+            assert block.ref_cnt == holders[block.block_id], (
+                f"block {block.block_id}: ref_cnt {block.ref_cnt}, "
+                f"held by {holders[block.block_id]} requests"
+            )

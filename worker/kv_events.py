@@ -1,0 +1,64 @@
+"""Events the block pool publishes about its prefix cache; the router folds them into its index."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from worker.block_hash import BlockHash
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStored:
+    seq: int
+    block_hash: BlockHash
+    parent_hash: BlockHash | None
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRemoved:
+    seq: int
+    block_hash: BlockHash
+
+
+@dataclass(frozen=True, slots=True)
+class AllBlocksCleared:
+    seq: int
+
+
+KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
+
+
+class KVEventLog:
+    """A bounded log of numbered events. Consumers that fall behind by more than ``capacity`` see
+    a gap in the sequence numbers and must resynchronise from a snapshot."""
+
+    def __init__(self, capacity: int = 65536) -> None:
+        self._events: deque[KVEvent] = deque(maxlen=capacity)
+        self._next_seq = 0
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def stored(
+        self, block_hash: BlockHash, parent_hash: BlockHash | None, token_ids: tuple[int, ...]
+    ) -> None:
+        self._events.append(BlockStored(self._take_seq(), block_hash, parent_hash, token_ids))
+
+    def removed(self, block_hash: BlockHash) -> None:
+        self._events.append(BlockRemoved(self._take_seq(), block_hash))
+
+    def cleared(self) -> None:
+        self._events.append(AllBlocksCleared(self._take_seq()))
+
+    def drain(self) -> list[KVEvent]:
+        events = list(self._events)
+        self._events.clear()
+        return events
+
+    def _take_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq

@@ -1,0 +1,102 @@
+"""A request's state inside the engine, from arrival to finish."""
+
+from __future__ import annotations
+
+import enum
+import time
+
+import torch
+
+from worker.block_hash import BlockHash, extend_block_hashes, extra_keys_for
+from worker.sampling_params import SamplingParams
+
+
+class RequestStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PREEMPTED = "preempted"
+    FINISHED_STOPPED = "stop"
+    FINISHED_LENGTH = "length"
+    FINISHED_ABORTED = "abort"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = {
+    RequestStatus.FINISHED_STOPPED,
+    RequestStatus.FINISHED_LENGTH,
+    RequestStatus.FINISHED_ABORTED,
+}
+
+
+class Request:
+    """Tokens so far (prompt, then output), how many of them have KV in the cache, and the hashes
+    of the full blocks among them.
+
+        all_token_ids:  [ prompt ........................ | output ....... ]
+                          <---- num_computed_tokens ---->   the rest is scheduled next
+    """
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        block_size: int,
+        cache_salt: str | None = None,
+        arrival_time: float | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt_token_ids = prompt_token_ids
+        self.params = params
+        self.cache_salt = cache_salt
+        self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        self.first_scheduled_time: float | None = None
+        self.first_token_time: float | None = None
+        self.all_token_ids: list[int] = list(prompt_token_ids)
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = -1  # prefix-cache hit at first scheduling; -1 until then
+        self.num_preemptions = 0
+        self.status = RequestStatus.WAITING
+        self.stop_reason: str | int | None = None
+        self.generator = self._make_generator(params.seed)
+        self._block_size = block_size
+        self._extra_keys = extra_keys_for(cache_salt)
+        self.block_hashes: list[BlockHash] = []
+        self.update_block_hashes()
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.all_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.all_token_ids) - len(self.prompt_token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.all_token_ids[len(self.prompt_token_ids) :]
+
+    def append_output_token(self, token_id: int) -> None:
+        self.all_token_ids.append(token_id)
+        if len(self.all_token_ids) % self._block_size == 0:
+            self.update_block_hashes()
+
+    def update_block_hashes(self) -> None:
+        extend_block_hashes(
+            self.block_hashes, self.all_token_ids, self._block_size, self._extra_keys
+        )
+
+    @staticmethod
+    def _make_generator(seed: int | None) -> torch.Generator | None:
+        if seed is None:
+            return None
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        return generator

@@ -1,0 +1,127 @@
+"""Continuous batching: which requests run this step, and how many tokens each."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from worker.kv_cache_manager import KVCacheManager
+from worker.request import Request, RequestStatus
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 128
+
+
+@dataclass(slots=True)
+class ScheduledRequest:
+    """``num_new_tokens`` tokens of ``request`` starting at ``start``. ``samples`` is true when
+    this chunk reaches the request's last token, so its logits pick the next one."""
+
+    request: Request
+    start: int
+    num_new_tokens: int
+    samples: bool
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    """One mixed batch per step under a token budget. Running requests first, in arrival order,
+    each asking for the rest of its tokens (one for a decode, a chunk for a prefill); then waiting
+    requests FCFS while budget, sequence slots and blocks allow. When blocks run out the most
+    recently admitted running request is preempted: its blocks are freed and it is recomputed
+    later, mostly from the prefix cache."""
+
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+        self.config = config
+        self.kv = kv
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        index = 0
+        while index < len(self.running) and budget > 0:
+            request = self.running[index]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            while not self.kv.allocate_slots(request, num_new):
+                victim = self.running.pop()
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is request:
+                    break
+            else:
+                out.scheduled.append(self._take(request, num_new))
+                budget -= num_new
+                index += 1
+
+        # A step that had to preempt admits nobody: the pool is already short.
+        while not out.preempted and self.waiting and budget > 0:
+            if len(self.running) >= self.config.max_num_seqs:
+                break
+            request = self.waiting[0]
+            hits = self.kv.get_computed_blocks(request)
+            num_new = min(
+                request.num_tokens - len(hits) * self.kv.block_size - request.num_computed_tokens,
+                budget,
+            )
+            if not self.kv.allocate_slots(request, num_new, hits):
+                break
+            self.waiting.popleft()
+            request.num_computed_tokens = len(hits) * self.kv.block_size
+            self.kv.record_lookup(request.num_tokens, request.num_computed_tokens)
+            if request.num_cached_tokens < 0:
+                request.num_cached_tokens = request.num_computed_tokens
+            if request.first_scheduled_time is None:
+                request.first_scheduled_time = time.monotonic()
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+            out.scheduled.append(self._take(request, num_new))
+            budget -= num_new
+        return out
+
+    def finish(self, request: Request, status: RequestStatus) -> None:
+        """Take a request out, wherever it is, and free its blocks."""
+        if request.status == RequestStatus.RUNNING:
+            self.running.remove(request)
+        elif not request.status.finished:
+            self.waiting.remove(request)
+        request.status = status
+        self.kv.free(request)
+
+    def _take(self, request: Request, num_new: int) -> ScheduledRequest:
+        start = request.num_computed_tokens
+        # Advance now, so a chunk is never scheduled twice even before its step completes.
+        request.num_computed_tokens += num_new
+        return ScheduledRequest(
+            request, start, num_new, request.num_computed_tokens == request.num_tokens
+        )
+
+    def _preempt(self, request: Request) -> None:
+        self.kv.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
