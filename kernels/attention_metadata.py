@@ -40,24 +40,69 @@ class PagedAttentionMetadata:
 
     @cached_property
     def decode_plan(self) -> DecodePlan | None:
-        """Batched gather indices for the single-query rows, built once per step, used per layer."""
+        """How the CPU path batches the single-query rows; built once per step, used per layer."""
         rows = [i for i, q in enumerate(self.query_lens_host) if q == 1]
         if not rows:
             return None
+        bs = self.block_size
+        lens = [self.seq_lens_host[i] for i in rows]
         index = torch.tensor(rows, dtype=torch.long)
-        lens = self.seq_lens[index].to(torch.long)
-        max_len = int(lens.max())
-        num_blocks = -(-max_len // self.block_size)
-        blocks = self.block_table[index, :num_blocks].to(torch.long)
-        offsets = torch.arange(self.block_size, dtype=torch.long)
-        slots = (blocks[:, :, None] * self.block_size + offsets).reshape(len(rows), -1)[:, :max_len]
-        valid = torch.arange(max_len)[None, :] < lens[:, None]
-        query_rows = self.query_start_loc[index].to(torch.long)
-        return DecodePlan(query_rows=query_rows, slots=slots, valid=valid)
+        blocks = self.block_table[index, : -(-max(lens) // bs)].to(torch.long)
+        shared_per_row = [0] * len(rows)
+        groups = []
+        for members, shared in _prefix_groups(blocks, lens, bs):
+            groups.append(SharedPrefix(torch.tensor(members), blocks[members[0], :shared]))
+            for m in members:
+                shared_per_row[m] = shared
+        own = [-(-n // bs) - s for n, s in zip(lens, shared_per_row, strict=True)]
+        width = max(own)
+        columns = torch.arange(width)
+        start = torch.tensor(shared_per_row)
+        take = (start[:, None] + columns).clamp(max=blocks.shape[1] - 1)
+        suffix = blocks.gather(1, take)
+        visible = (start[:, None] * bs + torch.arange(width * bs)) < torch.tensor(lens)[:, None]
+        mask = torch.zeros(len(rows), 1, 1, width * bs).masked_fill_(
+            ~visible[:, None, None, :], float("-inf")
+        )
+        return DecodePlan(
+            query_rows=self.query_start_loc[index].to(torch.long),
+            suffix_blocks=suffix.reshape(-1).contiguous(),
+            suffix_mask=mask,
+            shared=groups,
+        )
+
+
+def _prefix_groups(
+    blocks: torch.Tensor, lens: list[int], block_size: int
+) -> list[tuple[list[int], int]]:
+    """Groups of rows that start with the same blocks (a shared cached prefix), with how many
+    leading blocks they share. Shared blocks are full and lie before every member's query, so a
+    group's prefix can be attended once for all its members."""
+    by_first: dict[int, list[int]] = {}
+    for row, first in enumerate(blocks[:, 0].tolist()):
+        by_first.setdefault(first, []).append(row)
+    groups = []
+    for members in by_first.values():
+        if len(members) < 2:
+            continue
+        sub = blocks[members]
+        same = (sub == sub[:1]).all(dim=0).to(torch.int32)
+        shared = int(same.cumprod(dim=0).sum())
+        shared = min(shared, min((lens[m] - 1) // block_size for m in members))
+        if shared > 0:
+            groups.append((members, shared))
+    return groups
+
+
+@dataclass
+class SharedPrefix:
+    members: torch.Tensor  # [M] decode-row indices (into DecodePlan's rows)
+    blocks: torch.Tensor  # [S] the block ids they all start with
 
 
 @dataclass
 class DecodePlan:
-    query_rows: torch.Tensor  # [num_decode] rows of the flattened query
-    slots: torch.Tensor  # [num_decode, max_len] flat slot of each context position
-    valid: torch.Tensor  # [num_decode, max_len] bool, False past the sequence's length
+    query_rows: torch.Tensor  # [B] rows of the flattened query
+    suffix_blocks: torch.Tensor  # [B * R] each row's blocks after its shared prefix, padded
+    suffix_mask: torch.Tensor  # [B, 1, 1, R * block_size] additive: 0 visible, -inf not
+    shared: list[SharedPrefix]

@@ -15,41 +15,36 @@ def paged_attention_ref(
     scale: float,
 ) -> torch.Tensor:
     """Causal attention of ``query`` [T, H, D] over the paged ``kv_cache``
-    [2, num_blocks, block_size, KV, D]; GQA when H is a multiple of KV. Returns [T, H, D]."""
-    _, num_heads, head_dim = query.shape
-    num_kv_heads = kv_cache.shape[3]
-    flat_k = kv_cache[0].reshape(-1, num_kv_heads, head_dim)
-    flat_v = kv_cache[1].reshape(-1, num_kv_heads, head_dim)
+    [2, num_blocks, block_size, KV, D]; GQA when H is a multiple of KV. Returns [T, H, D].
+    One sequence at a time: the definition every faster path is tested against."""
     out = torch.empty_like(query)
-
-    plan = meta.decode_plan
-    if plan is not None:
-        q = query[plan.query_rows].unsqueeze(2)  # [B, H, 1, D]
-        k = flat_k[plan.slots].transpose(1, 2)  # [B, KV, L, D]
-        v = flat_v[plan.slots].transpose(1, 2)
-        mask = plan.valid[:, None, None, :]
-        out[plan.query_rows] = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scale, enable_gqa=num_heads != num_kv_heads
-        ).squeeze(2)
-
     starts = meta.query_start_loc.tolist()
-    for i, (query_len, seq_len) in enumerate(
-        zip(meta.query_lens_host, meta.seq_lens_host, strict=True)
-    ):
-        if query_len == 1:
-            continue
-        num_blocks = -(-seq_len // meta.block_size)
-        blocks = meta.block_table[i, :num_blocks].to(torch.long)
-        slots = (blocks[:, None] * meta.block_size + torch.arange(meta.block_size)).reshape(-1)
-        slots = slots[:seq_len]
-        q = query[starts[i] : starts[i + 1]].transpose(0, 1).unsqueeze(0)  # [1, H, q, D]
-        k = flat_k[slots].transpose(0, 1).unsqueeze(0)  # [1, KV, L, D]
-        v = flat_v[slots].transpose(0, 1).unsqueeze(0)
-        # Query j sits at context position seq_len - query_len + j and sees keys up to it.
-        q_pos = torch.arange(seq_len - query_len, seq_len)[:, None]
-        mask = torch.arange(seq_len)[None, :] <= q_pos
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scale, enable_gqa=num_heads != num_kv_heads
-        )
-        out[starts[i] : starts[i + 1]] = attn.squeeze(0).transpose(0, 1)
+    for i, seq_len in enumerate(meta.seq_lens_host):
+        rows = slice(starts[i], starts[i + 1])
+        out[rows] = attend_sequence(query[rows], kv_cache, meta.block_table[i], seq_len, scale)
     return out
+
+
+def attend_sequence(
+    query: torch.Tensor, kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int, scale: float
+) -> torch.Tensor:
+    """The last ``len(query)`` positions of a ``seq_len``-token context attend causally to the
+    context's keys, found through ``block_ids``. Returns [q, H, D]."""
+    query_len, num_heads, _ = query.shape
+    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    num_blocks = -(-seq_len // block_size)
+    blocks = block_ids[:num_blocks].to(torch.long)
+    k = kv_cache[0].index_select(0, blocks).flatten(0, 1)[:seq_len].transpose(0, 1)
+    v = kv_cache[1].index_select(0, blocks).flatten(0, 1)[:seq_len].transpose(0, 1)
+    # Query j sits at context position seq_len - query_len + j and sees keys up to it.
+    q_pos = torch.arange(seq_len - query_len, seq_len)[:, None]
+    mask = torch.arange(seq_len)[None, :] <= q_pos
+    attn = F.scaled_dot_product_attention(
+        query.transpose(0, 1).unsqueeze(0),
+        k.unsqueeze(0),
+        v.unsqueeze(0),
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=num_heads != num_kv_heads,
+    )
+    return attn.squeeze(0).transpose(0, 1)
