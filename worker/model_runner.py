@@ -57,24 +57,25 @@ class ModelRunner:
         logits_rows: list[int] = []
         for item in batch.scheduled:
             request = item.request
-            end = item.start + item.num_new_tokens
+            start, end = item.start, item.start + item.num_new_tokens
             block_ids = block_ids_of(request.request_id)
-            input_ids += request.all_token_ids[item.start : end]
-            positions += range(item.start, end)
-            slots += [block_ids[p // bs] * bs + p % bs for p in range(item.start, end)]
+            input_ids += request.all_token_ids[start:end]
+            positions += range(start, end)
+            if end - start == 1:
+                slots.append(block_ids[start // bs] * bs + start % bs)
+            else:
+                slots += [block_ids[p // bs] * bs + p % bs for p in range(start, end)]
             query_start.append(len(input_ids))
             seq_lens.append(end)
             tables.append(block_ids)
             if item.samples:
                 logits_rows.append(len(input_ids) - 1)
         width = max(len(t) for t in tables)
-        table = torch.zeros((len(tables), width), dtype=torch.int32)
-        for row, block_ids in enumerate(tables):
-            table[row, : len(block_ids)] = torch.tensor(block_ids, dtype=torch.int32)
+        padded = [t + [0] * (width - len(t)) for t in tables]
         meta = PagedAttentionMetadata(
             query_start_loc=torch.tensor(query_start, dtype=torch.int32),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-            block_table=table,
+            block_table=torch.tensor(padded, dtype=torch.int32),
             slot_mapping=torch.tensor(slots, dtype=torch.int64),
             query_lens_host=[s.num_new_tokens for s in batch.scheduled],
             seq_lens_host=seq_lens,
