@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import queue
 import threading
 from collections.abc import AsyncIterator
@@ -14,6 +15,8 @@ from worker.errors import DuplicateRequestError, EngineDeadError, KVFleetError
 from worker.outputs import RequestOutput
 from worker.request import Request
 from worker.sampling_params import SamplingParams
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +103,8 @@ class AsyncEngine:
                     self._deliver(self.engine.step())
         except BaseException as exc:  # every stream must learn that the engine died
             self._dead = exc
+            _log.exception("engine loop stopped; failing every in-flight request")
             self._fail_all(f"engine stopped: {exc!r}")
-            raise
 
     def _apply(self, command: _Add | _Abort) -> None:
         if isinstance(command, _Add):

@@ -10,7 +10,7 @@ import pytest
 
 from tests.worker.engine_helpers import GREEDY_32, make_engine, run_all, tokens_of
 from worker.async_engine import AsyncEngine
-from worker.errors import DuplicateRequestError, InvalidRequestError
+from worker.errors import DuplicateRequestError, EngineDeadError, InvalidRequestError
 from worker.outputs import RequestOutput
 from worker.sampling_params import SamplingParams
 
@@ -88,3 +88,19 @@ async def test_bad_and_duplicate_requests_raise_before_queueing(engine: AsyncEng
         await anext(engine.generate("again", GREEDY_32, request_id="same"))
     await stream.aclose()
     await _wait_until_free(engine)
+
+
+async def test_engine_failure_fails_every_stream_with_a_clear_error(demo_model_dir: Path) -> None:
+    engine = AsyncEngine(make_engine(demo_model_dir))
+    try:
+        stream = engine.generate("doomed", LONG, request_id="d")
+        await anext(stream)
+        # A fault inside the step loop: the forward pass now fails.
+        engine.engine.runner.kv_caches.clear()
+        with pytest.raises(EngineDeadError, match="engine stopped"):
+            async for _ in stream:
+                pass
+        with pytest.raises(EngineDeadError):
+            await anext(engine.generate("after", GREEDY_32))
+    finally:
+        engine.shutdown()
