@@ -40,8 +40,11 @@ async def _stream(args: argparse.Namespace) -> int:
         ignore_eos=args.ignore_eos,
     )
     try:
-        sys.stdout.write(args.prompt)
+        echoed = False
         async for output in engine.generate(args.prompt, params):
+            if not echoed:  # only once the request was accepted
+                sys.stdout.write(args.prompt)
+                echoed = True
             sys.stdout.write(output.text)
             sys.stdout.flush()
             if output.finished:
