@@ -1,11 +1,13 @@
-"""Compute kernels: torch references (CPU, tests) and the single dispatch point the model calls."""
+"""Compute kernels: torch references (CPU), Triton kernels (CUDA), and the one dispatch point."""
 
 from kernels.attention_metadata import PagedAttentionMetadata
 from kernels.ops import (
     fused_add_rms_norm,
+    gather_blocks,
     paged_attention,
     rms_norm,
     rotary_embedding,
+    scatter_blocks,
     silu_and_mul,
     store_kv,
 )
@@ -13,9 +15,11 @@ from kernels.ops import (
 __all__ = [
     "PagedAttentionMetadata",
     "fused_add_rms_norm",
+    "gather_blocks",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
+    "scatter_blocks",
     "silu_and_mul",
     "store_kv",
 ]

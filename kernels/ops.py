@@ -1,24 +1,126 @@
 """The one dispatch point between the model and its kernels.
 
 Every operation the model runs goes through here, so the choice of implementation is made in
-one place. On CPU the torch references run, except attention, whose batched CPU path
-is tested against its reference.
+one place: the Triton kernel when the tensors are on a CUDA device and Triton is installed, else
+(CPU) the torch reference, except attention, whose batched CPU path is tested against its
+reference. Triton modules are imported on first use only, so this module imports on machines
+without Triton.
 """
 
 from __future__ import annotations
 
-from kernels.activation_ref import silu_and_mul_ref as silu_and_mul
-from kernels.attention_cpu import paged_attention_cpu as paged_attention
-from kernels.kv_store_ref import store_kv_ref as store_kv
-from kernels.norm_ref import fused_add_rms_norm_ref as fused_add_rms_norm
-from kernels.norm_ref import rms_norm_ref as rms_norm
-from kernels.rope_ref import rotary_embedding_ref as rotary_embedding
+import functools
+import importlib.util
+
+import torch
+
+from kernels.activation_ref import silu_and_mul_ref
+from kernels.attention_cpu import paged_attention_cpu
+from kernels.attention_metadata import PagedAttentionMetadata
+from kernels.block_copy_ref import gather_blocks_ref, scatter_blocks_ref
+from kernels.kv_store_ref import store_kv_ref
+from kernels.norm_ref import fused_add_rms_norm_ref, rms_norm_ref
+from kernels.rope_ref import rotary_embedding_ref
 
 __all__ = [
     "fused_add_rms_norm",
+    "gather_blocks",
     "paged_attention",
     "rms_norm",
     "rotary_embedding",
+    "scatter_blocks",
     "silu_and_mul",
     "store_kv",
+    "uses_triton",
 ]
+
+
+def uses_triton(tensor: torch.Tensor) -> bool:
+    """Whether operations on ``tensor`` run as Triton kernels (else as torch references)."""
+    return tensor.is_cuda and _triton_installed()
+
+
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def paged_attention(
+    query: torch.Tensor, kv_cache: torch.Tensor, meta: PagedAttentionMetadata, scale: float
+) -> torch.Tensor:
+    """Causal attention of ``query`` [T, H, D] over the paged ``kv_cache``; see attention_ref."""
+    if uses_triton(query):
+        from kernels.attention_triton import paged_attention_triton
+
+        return paged_attention_triton(query, kv_cache, meta, scale)
+    return paged_attention_cpu(query, kv_cache, meta, scale)
+
+
+def store_kv(
+    key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Write ``key``/``value`` [T, KV, D] into ``kv_cache`` at ``slot_mapping``; -1 skipped."""
+    if uses_triton(key):
+        from kernels.kv_store_triton import store_kv_triton
+
+        return store_kv_triton(key, value, kv_cache, slot_mapping)
+    return store_kv_ref(key, value, kv_cache, slot_mapping)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension; see norm_ref."""
+    if uses_triton(x):
+        from kernels.norm_triton import rms_norm_triton
+
+        return rms_norm_triton(x, weight, eps)
+    return rms_norm_ref(x, weight, eps)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(rms_norm(x + residual), x + residual)``; the sum is the next residual."""
+    if uses_triton(x):
+        from kernels.norm_triton import fused_add_rms_norm_triton
+
+        return fused_add_rms_norm_triton(x, residual, weight, eps)
+    return fused_add_rms_norm_ref(x, residual, weight, eps)
+
+
+def rotary_embedding(
+    positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neox-style rotation of ``query`` and ``key`` by ``positions``; see rope_ref."""
+    if uses_triton(query):
+        from kernels.rope_triton import rotary_embedding_triton
+
+        return rotary_embedding_triton(positions, query, key, cos_sin_cache)
+    return rotary_embedding_ref(positions, query, key, cos_sin_cache)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of ``x`` [..., 2 * I] holding gate then up."""
+    if uses_triton(x):
+        from kernels.activation_triton import silu_and_mul_triton
+
+        return silu_and_mul_triton(x)
+    return silu_and_mul_ref(x)
+
+
+def gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
+    """Blocks ``block_ids`` of ``kv_cache`` packed into [N, 2, block_size, KV, D]; see
+    block_copy_ref for the layout."""
+    if uses_triton(kv_cache):
+        from kernels.block_copy_triton import gather_blocks_triton
+
+        return gather_blocks_triton(kv_cache, block_ids)
+    return gather_blocks_ref(kv_cache, block_ids)
+
+
+def scatter_blocks(buffer: torch.Tensor, kv_cache: torch.Tensor, block_ids: torch.Tensor) -> None:
+    """Write a buffer made by ``gather_blocks`` into blocks ``block_ids`` of ``kv_cache``."""
+    if uses_triton(kv_cache):
+        from kernels.block_copy_triton import scatter_blocks_triton
+
+        return scatter_blocks_triton(buffer, kv_cache, block_ids)
+    return scatter_blocks_ref(buffer, kv_cache, block_ids)
