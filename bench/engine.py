@@ -79,8 +79,7 @@ def run_engine(engine: Engine, prompts: list[list[int]], w: Workload) -> dict[st
         "step_overhead_ms": 1000 * sorted(overheads)[len(overheads) // 2] if overheads else -1.0,
         "schedule_ms_per_step": 1000 * t.schedule / t.steps,
         "prepare_ms_per_step": 1000 * t.prepare / t.steps,
-        "forward_ms_per_step": 1000 * t.forward / t.steps,
-        "sample_ms_per_step": 1000 * t.sample / t.steps,
+        "execute_ms_per_step": 1000 * t.execute / t.steps,
         "output_ms_per_step": 1000 * t.output / t.steps,
         "prefix_hit_rate": report.prefix_hits / max(report.prefix_queries, 1),
     }

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
 
 from worker.config import EngineConfig
 from worker.errors import DuplicateRequestError, InvalidRequestError
+from worker.executor import Executor, LocalExecutor
 from worker.kv_cache_manager import KVCacheManager
 from worker.kv_events import KVEvent
 from worker.load_report import LoadReport
@@ -18,21 +20,22 @@ from worker.model_runner import ModelRunner
 from worker.output_state import OutputState
 from worker.outputs import RequestOutput
 from worker.request import Request, RequestStatus
-from worker.sampler import SampledToken, Sampler
+from worker.sampler import SampledToken
 from worker.sampling_params import SamplingLimits, SamplingParams
-from worker.scheduler import ScheduledRequest, Scheduler, SchedulerConfig
+from worker.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from worker.step_input import build_step_input
 from worker.tokenizer import Tokenizer
 
 
 @dataclass
 class StepTimes:
-    """Seconds spent in each phase of every step so far; the benchmark reads them."""
+    """Seconds spent in each phase of every step so far; the benchmark reads them.
+    ``execute`` is the wait for the ranks' forward pass and sampling."""
 
     steps: int = 0
     schedule: float = 0.0
     prepare: float = 0.0
-    forward: float = 0.0
-    sample: float = 0.0
+    execute: float = 0.0
     output: float = 0.0
 
 
@@ -55,22 +58,25 @@ class Engine:
         per_block = ModelRunner.kv_bytes_per_block(mc, config.block_size)
         num_blocks = config.num_kv_blocks or max(1, config.kv_cache_bytes // per_block)
         torch.manual_seed(config.seed)
-        self.runner = ModelRunner(load_model(config.model, mc), mc, num_blocks, config.block_size)
+        self.executor: Executor = LocalExecutor(
+            ModelRunner(load_model(config.model, mc), mc, num_blocks, config.block_size)
+        )
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs), self.kv
         )
-        self.sampler = Sampler()
         self.times = StepTimes()
         self._states: dict[str, OutputState] = {}
         self._eos_ids = frozenset(mc.eos_token_ids)
+        self._in_flight: deque[SchedulerOutput] = deque()
+        self._finished_ids: list[str] = []
 
     @property
     def num_blocks(self) -> int:
         return self.kv.pool.num_blocks
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0
+        return self.scheduler.num_unfinished > 0 or bool(self._in_flight)
 
     def make_request(
         self,
@@ -123,56 +129,71 @@ class Engine:
         state = self._states.pop(request_id, None)
         if state is None:
             return None
-        self.scheduler.finish(state.request, RequestStatus.FINISHED_ABORTED)
+        self._finish(state.request, RequestStatus.FINISHED_ABORTED)
         return state.take_output()
 
     def step(self) -> list[RequestOutput]:
-        t0 = time.perf_counter()
-        batch = self.scheduler.schedule()
-        t1 = time.perf_counter()
-        if not batch.scheduled:
-            return []
-        inputs = self.runner.prepare(batch, self.kv.block_ids)
-        t2 = time.perf_counter()
-        logits = self.runner.execute(inputs)
-        t3 = time.perf_counter()
-        sampling = [s.request for s in batch.scheduled if s.samples]
-        sampled = self.sampler.sample(
-            logits, [r.params for r in sampling], [r.generator for r in sampling]
-        )
-        t4 = time.perf_counter()
-        outputs = self._process(batch.scheduled, sampling, sampled)
-        t5 = time.perf_counter()
+        """Keep up to ``executor.max_in_flight`` batches running; finish the oldest."""
         times = self.times
+        while len(self._in_flight) < self.executor.max_in_flight:
+            t0 = time.perf_counter()
+            batch = self.scheduler.schedule(self._batch_seq_cap())
+            t1 = time.perf_counter()
+            times.schedule += t1 - t0
+            if not batch.scheduled:
+                break
+            step = build_step_input(
+                batch, self.kv.block_ids, self.config.block_size, self._finished_ids
+            )
+            self._finished_ids = []
+            self.executor.submit(step)
+            self._in_flight.append(batch)
+            times.prepare += time.perf_counter() - t1
+        if not self._in_flight:
+            return []
+        t2 = time.perf_counter()
+        sampled = self.executor.receive()
+        t3 = time.perf_counter()
+        outputs = self._process(self._in_flight.popleft(), sampled)
+        times.execute += t3 - t2
+        times.output += time.perf_counter() - t3
         times.steps += 1
-        times.schedule += t1 - t0
-        times.prepare += t2 - t1
-        times.forward += t3 - t2
-        times.sample += t4 - t3
-        times.output += t5 - t4
         return outputs
 
-    def _process(
-        self,
-        scheduled: list[ScheduledRequest],
-        sampling: list[Request],
-        sampled: list[SampledToken],
-    ) -> list[RequestOutput]:
-        for item in scheduled:
-            self.kv.cache_blocks(item.request)
+    def _batch_seq_cap(self) -> int | None:
+        """With several batches in flight, split the requests among them so that no stage idles."""
+        slots = self.executor.max_in_flight
+        if slots == 1:
+            return None
+        return max(1, -(-self.scheduler.num_unfinished // slots))
+
+    def _process(self, batch: SchedulerOutput, sampled: list[SampledToken]) -> list[RequestOutput]:
+        for item in batch.scheduled:
+            if not item.request.status.finished:
+                self.kv.cache_blocks(item.request)
         now = time.monotonic()
         outputs = []
+        sampling = [s.request for s in batch.scheduled if s.samples]
         for request, token in zip(sampling, sampled, strict=True):
+            if request.status.finished:  # aborted while its batch was in flight
+                continue
             request.append_output_token(token.token_id)
             if request.first_token_time is None:
                 request.first_token_time = now
             state = self._states[request.request_id]
             status = state.on_token(token)
             if status is not None:
-                self.scheduler.finish(request, status)
+                self._finish(request, status)
                 del self._states[request.request_id]
             outputs.append(state.take_output())
         return outputs
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        self.scheduler.finish(request, status)
+        self._finished_ids.append(request.request_id)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()
 
     def load_report(self) -> LoadReport:
         waiting = self.scheduler.waiting

@@ -1,31 +1,20 @@
-"""Turns a scheduled batch into model inputs, runs the forward pass, and returns logits."""
+"""A rank's share of a step: build tensors, run the model, sample on the result rank."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from kernels import PagedAttentionMetadata
 from worker.model.config import ModelConfig
 from worker.model.llama import LlamaForCausalLM
-from worker.scheduler import SchedulerOutput
-
-
-@dataclass(slots=True)
-class ModelInput:
-    """One step's flattened batch. ``logits_rows`` are the rows whose next token is sampled."""
-
-    input_ids: torch.Tensor  # [T] int64
-    positions: torch.Tensor  # [T] int64
-    meta: PagedAttentionMetadata
-    logits_rows: torch.Tensor  # [S] int64
+from worker.sampler import SampledToken, Sampler
+from worker.step_input import StepInput
 
 
 class ModelRunner:
-    """Owns the model and its paged KV cache, one tensor per layer:
-    [2 (key, value), num_blocks, block_size, num_kv_heads, head_dim]."""
+    """Owns this rank's model and its paged KV cache, one tensor per local layer:
+    [2 (key, value), num_blocks, block_size, num_kv_heads, head_dim]. The rank that ends the
+    pipeline samples, keeping each seeded request's generator from step to step."""
 
     def __init__(
         self, model: LlamaForCausalLM, config: ModelConfig, num_blocks: int, block_size: int
@@ -37,6 +26,8 @@ class ModelRunner:
         self.kv_caches = [
             torch.zeros(shape, dtype=config.dtype) for _ in range(config.num_hidden_layers)
         ]
+        self.sampler = Sampler()
+        self._generators: dict[str, torch.Generator] = {}
 
     @staticmethod
     def kv_bytes_per_block(config: ModelConfig, block_size: int) -> int:
@@ -44,52 +35,41 @@ class ModelRunner:
         per_layer = 2 * block_size * config.num_key_value_heads * config.head_dim * itemsize
         return per_layer * config.num_hidden_layers
 
-    def prepare(
-        self, batch: SchedulerOutput, block_ids_of: Callable[[str], list[int]]
-    ) -> ModelInput:
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start = [0]
-        seq_lens: list[int] = []
-        tables: list[list[int]] = []
-        logits_rows: list[int] = []
-        for item in batch.scheduled:
-            request = item.request
-            start, end = item.start, item.start + item.num_new_tokens
-            block_ids = block_ids_of(request.request_id)
-            input_ids += request.all_token_ids[start:end]
-            positions += range(start, end)
-            if end - start == 1:
-                slots.append(block_ids[start // bs] * bs + start % bs)
-            else:
-                slots += [block_ids[p // bs] * bs + p % bs for p in range(start, end)]
-            query_start.append(len(input_ids))
-            seq_lens.append(end)
-            tables.append(block_ids)
-            if item.samples:
-                logits_rows.append(len(input_ids) - 1)
-        width = max(len(t) for t in tables)
-        padded = [t + [0] * (width - len(t)) for t in tables]
+    @torch.inference_mode()
+    def execute(self, step: StepInput) -> list[SampledToken]:
+        for request_id in step.finished_ids:
+            self._generators.pop(request_id, None)
         meta = PagedAttentionMetadata(
-            query_start_loc=torch.tensor(query_start, dtype=torch.int32),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32),
-            block_table=torch.tensor(padded, dtype=torch.int32),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64),
-            query_lens_host=[s.num_new_tokens for s in batch.scheduled],
-            seq_lens_host=seq_lens,
-            block_size=bs,
+            query_start_loc=torch.tensor(step.query_start_loc, dtype=torch.int32),
+            seq_lens=torch.tensor(step.seq_lens, dtype=torch.int32),
+            block_table=torch.tensor(step.block_table, dtype=torch.int32),
+            slot_mapping=torch.tensor(step.slot_mapping, dtype=torch.int64),
+            query_lens_host=step.query_lens,
+            seq_lens_host=step.seq_lens,
+            block_size=self.block_size,
         )
-        return ModelInput(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64),
-            positions=torch.tensor(positions, dtype=torch.int64),
-            meta=meta,
-            logits_rows=torch.tensor(logits_rows, dtype=torch.int64),
+        hidden = self.model(
+            torch.tensor(step.input_ids, dtype=torch.int64),
+            torch.tensor(step.positions, dtype=torch.int64),
+            self.kv_caches,
+            meta,
+        )
+        if not step.sampling:  # only prefill chunks that do not reach their prompt's end
+            return []
+        logits = self.model.compute_logits(hidden[torch.tensor(step.logits_rows)])
+        return self.sampler.sample(
+            logits, [row.params for row in step.sampling], self._generators_for(step)
         )
 
-    @torch.inference_mode()
-    def execute(self, inputs: ModelInput) -> torch.Tensor:
-        """Logits [S, vocab] (float32) of the sampling rows."""
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
-        return self.model.compute_logits(hidden[inputs.logits_rows])
+    def _generators_for(self, step: StepInput) -> list[torch.Generator | None]:
+        generators: list[torch.Generator | None] = []
+        for row in step.sampling:
+            seed = row.params.seed
+            if seed is None:
+                generators.append(None)
+                continue
+            generator = self._generators.get(row.request_id)
+            if generator is None:
+                generator = self._generators[row.request_id] = torch.Generator().manual_seed(seed)
+            generators.append(generator)
+        return generators

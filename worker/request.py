@@ -5,8 +5,6 @@ from __future__ import annotations
 import enum
 import time
 
-import torch
-
 from worker.block_hash import BlockHash, extend_block_hashes, extra_keys_for
 from worker.sampling_params import SamplingParams
 
@@ -61,7 +59,6 @@ class Request:
         self.num_preemptions = 0
         self.status = RequestStatus.WAITING
         self.stop_reason: str | int | None = None
-        self.generator = self._make_generator(params.seed)
         self._block_size = block_size
         self._extra_keys = extra_keys_for(cache_salt)
         self.block_hashes: list[BlockHash] = []
@@ -92,11 +89,3 @@ class Request:
         extend_block_hashes(
             self.block_hashes, self.all_token_ids, self._block_size, self._extra_keys
         )
-
-    @staticmethod
-    def _make_generator(seed: int | None) -> torch.Generator | None:
-        if seed is None:
-            return None
-        generator = torch.Generator()
-        generator.manual_seed(seed)
-        return generator

@@ -58,13 +58,19 @@ class Scheduler:
     def add(self, request: Request) -> None:
         self.waiting.append(request)
 
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, max_seqs: int | None = None) -> SchedulerOutput:
+        """The next batch. ``max_seqs`` caps its sequences (to split requests among batches in
+        flight); requests whose tokens are all in a batch still in flight are skipped."""
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
+        seq_cap = max_seqs or self.config.max_num_seqs
         index = 0
-        while index < len(self.running) and budget > 0:
+        while index < len(self.running) and budget > 0 and len(out.scheduled) < seq_cap:
             request = self.running[index]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if num_new == 0:
+                index += 1
+                continue
             while not self.kv.allocate_slots(request, num_new):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -78,7 +84,7 @@ class Scheduler:
 
         # A step that had to preempt admits nobody: the pool is already short.
         while not out.preempted and self.waiting and budget > 0:
-            if len(self.running) >= self.config.max_num_seqs:
+            if len(self.running) >= self.config.max_num_seqs or len(out.scheduled) >= seq_cap:
                 break
             request = self.waiting[0]
             hits = self.kv.get_computed_blocks(request)

@@ -96,7 +96,7 @@ async def test_engine_failure_fails_every_stream_with_a_clear_error(demo_model_d
         stream = engine.generate("doomed", LONG, request_id="d")
         await anext(stream)
         # A fault inside the step loop: the forward pass now fails.
-        engine.engine.runner.kv_caches.clear()
+        engine.engine.executor.runner.kv_caches.clear()  # type: ignore[attr-defined]
         with pytest.raises(EngineDeadError, match="engine stopped"):
             async for _ in stream:
                 pass

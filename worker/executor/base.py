@@ -1,0 +1,31 @@
+"""The one executor interface the engine drives."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from worker.sampler import SampledToken
+from worker.step_input import StepInput
+
+
+class Executor(ABC):
+    """Runs steps on the replica's ranks. Steps are submitted and their sampled tokens received
+    in the same order; with pipeline parallelism up to ``max_in_flight`` steps overlap, each in
+    a different stage."""
+
+    max_in_flight: int = 1
+
+    @abstractmethod
+    def submit(self, step: StepInput) -> None: ...
+
+    @abstractmethod
+    def receive(self) -> list[SampledToken]:
+        """The sampled tokens of the oldest submitted step; raises WorkerFailedError if a rank
+        died or failed."""
+
+    def execute(self, step: StepInput) -> list[SampledToken]:
+        self.submit(step)
+        return self.receive()
+
+    @abstractmethod
+    def shutdown(self) -> None: ...

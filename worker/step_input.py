@@ -1,0 +1,81 @@
+"""One step's batch as the driver sends it to every rank: plain lists, cheap to pickle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from worker.sampling_params import SamplingParams
+from worker.scheduler import SchedulerOutput
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingRow:
+    """A request whose next token this step picks; its seed lives with the sampling rank."""
+
+    request_id: str
+    params: SamplingParams
+
+
+@dataclass(slots=True)
+class StepInput:
+    """The flattened batch (see kernels.PagedAttentionMetadata for the layout), the rows to
+    sample, and the requests that finished since the last step (their sampler state is dropped).
+    """
+
+    input_ids: list[int]
+    positions: list[int]
+    slot_mapping: list[int]
+    query_start_loc: list[int]
+    query_lens: list[int]
+    seq_lens: list[int]
+    block_table: list[list[int]]  # padded to one width with block 0
+    logits_rows: list[int]
+    sampling: list[SamplingRow]
+    finished_ids: list[str] = field(default_factory=list)
+
+
+def build_step_input(
+    batch: SchedulerOutput,
+    block_ids_of: Callable[[str], list[int]],
+    block_size: int,
+    finished_ids: list[str],
+) -> StepInput:
+    bs = block_size
+    input_ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    query_start = [0]
+    seq_lens: list[int] = []
+    tables: list[list[int]] = []
+    logits_rows: list[int] = []
+    sampling: list[SamplingRow] = []
+    for item in batch.scheduled:
+        request = item.request
+        start, end = item.start, item.start + item.num_new_tokens
+        block_ids = block_ids_of(request.request_id)
+        input_ids += request.all_token_ids[start:end]
+        positions += range(start, end)
+        if end - start == 1:
+            slots.append(block_ids[start // bs] * bs + start % bs)
+        else:
+            slots += [block_ids[p // bs] * bs + p % bs for p in range(start, end)]
+        query_start.append(len(input_ids))
+        seq_lens.append(end)
+        tables.append(block_ids)
+        if item.samples:
+            logits_rows.append(len(input_ids) - 1)
+            sampling.append(SamplingRow(request.request_id, request.params))
+    width = max(len(t) for t in tables)
+    return StepInput(
+        input_ids=input_ids,
+        positions=positions,
+        slot_mapping=slots,
+        query_start_loc=query_start,
+        query_lens=[s.num_new_tokens for s in batch.scheduled],
+        seq_lens=seq_lens,
+        block_table=[t + [0] * (width - len(t)) for t in tables],
+        logits_rows=logits_rows,
+        sampling=sampling,
+        finished_ids=finished_ids,
+    )
