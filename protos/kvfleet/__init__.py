@@ -1,0 +1,1 @@
+"""The kvfleet protobuf package."""

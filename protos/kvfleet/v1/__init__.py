@@ -1,0 +1,1 @@
+"""kvfleet.v1: the Generation service (generated stubs; see generation.proto)."""
