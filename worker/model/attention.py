@@ -8,32 +8,41 @@ from torch import nn
 from kernels import ops
 from kernels.attention_metadata import PagedAttentionMetadata
 from worker.model.config import ModelConfig
-from worker.model.linear import Linear, QKVLinear
+from worker.model.linear import QKVParallelLinear, RowParallelLinear
 from worker.model.norm import RMSNorm
 from worker.model.rotary import RotaryEmbedding
+from worker.parallel.state import ParallelState
 
 
 class Attention(nn.Module):
     """qkv projection → (Qwen3: RMSNorm of each q and k head) → rotary → store this step's keys
-    and values in the layer's cache → causal attention over the cached context → o projection."""
+    and values in the layer's cache → causal attention over the cached context → o projection.
 
-    def __init__(self, config: ModelConfig, rotary_emb: RotaryEmbedding) -> None:
+    Under tensor parallelism each rank runs all of this for its own heads only; the o
+    projection's all-reduce sums the heads' contributions."""
+
+    def __init__(
+        self, config: ModelConfig, rotary_emb: RotaryEmbedding, parallel: ParallelState
+    ) -> None:
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
         self.scale = config.head_dim**-0.5
-        self.qkv_proj = QKVLinear(
+        self.qkv_proj = QKVParallelLinear(
             config.hidden_size,
             config.head_dim,
             config.num_attention_heads,
             config.num_key_value_heads,
             bias=config.qkv_bias,
+            parallel=parallel,
         )
-        self.o_proj = Linear(
+        # This rank's heads: a slice of the query heads and their KV heads.
+        self.num_heads = self.qkv_proj.num_heads
+        self.num_kv_heads = self.qkv_proj.num_kv_heads
+        self.o_proj = RowParallelLinear(
             config.num_attention_heads * config.head_dim,
             config.hidden_size,
             bias=config.o_proj_bias,
+            parallel=parallel,
         )
         self.q_norm: RMSNorm | None = None
         self.k_norm: RMSNorm | None = None
@@ -51,7 +60,8 @@ class Attention(nn.Module):
         meta: PagedAttentionMetadata,
     ) -> torch.Tensor:
         """``hidden`` [T, hidden_size] → [T, hidden_size]; writes this step's keys and values
-        into ``kv_cache`` [2, num_blocks, block_size, KV, D] at ``meta.slot_mapping``."""
+        into ``kv_cache`` [2, num_blocks, block_size, KV, D] (KV: this rank's heads) at
+        ``meta.slot_mapping``."""
         num_tokens = hidden.shape[0]
         q, k, v = self.qkv_proj(hidden).split(
             [self.qkv_proj.q_size, self.qkv_proj.kv_size, self.qkv_proj.kv_size], dim=-1

@@ -1,4 +1,4 @@
-"""Reading tensors from a Hugging Face safetensors checkpoint, one tensor at a time."""
+"""Reading tensors from a Hugging Face safetensors checkpoint, one block of one tensor at a time."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from worker.errors import ModelLoadError
+from worker.model.weights import CheckpointTensor
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -38,21 +39,32 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
     return shards
 
 
-def iter_tensors(path: Path, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` for every tensor in one safetensors file, reading each only when
-    asked for so at most one tensor of the file is held at a time."""
+def iter_tensors(path: Path) -> Iterator[tuple[str, CheckpointTensor]]:
+    """Yield ``(name, tensor)`` for every tensor in one safetensors file. Nothing is read until
+    a tensor's ``load``, and then only the block it was narrowed to: a rank reads its own shard
+    of each weight and skips other stages' weights without touching them."""
     try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
             names = list(f.keys())
             for name in names:
-                yield name, _read(f, path, name)
+                yield name, _lazy(f, path, name)
     except (SafetensorError, OSError) as e:
         raise ModelLoadError(f"{path}: unreadable safetensors file: {e}") from e
 
 
-def _read(f: safe_open, path: Path, name: str) -> torch.Tensor:
+def _lazy(f: safe_open, path: Path, name: str) -> CheckpointTensor:
     try:
-        tensor: torch.Tensor = f.get_tensor(name)
+        part = f.get_slice(name)
+        shape = part.get_shape()
     except (SafetensorError, OSError) as e:
         raise ModelLoadError(f"{path}: cannot read tensor {name!r}: {e}") from e
-    return tensor
+
+    def read(index: tuple[slice, ...]) -> torch.Tensor:
+        try:
+            tensor: torch.Tensor = part[index]
+        except (SafetensorError, OSError) as e:
+            # The loader names the file and the tensor around this.
+            raise ModelLoadError(f"cannot read: {e}") from e
+        return tensor
+
+    return CheckpointTensor.whole(read, shape)

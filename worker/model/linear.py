@@ -1,31 +1,64 @@
-"""Linear layers whose checkpoint tensors may arrive in several shards.
+"""Linear layers sharded across tensor-parallel ranks, filled from checkpoint shards.
 
-Q, K and V (and gate and up) read the same input, so each group is stored as one weight and
-computed with one matmul; the checkpoint still holds them separately, and each parameter's
-``weight_loader`` puts every shard in its rows:
+Column-parallel layers keep a block of output rows per rank and need no communication;
+row-parallel layers keep a block of input columns and all-reduce their partial sums. A
+column-parallel layer may stack several checkpoint tensors that read the same input (gate and
+up; q, k and v) so that each group is one matmul; each parameter's ``weight_loader`` puts this
+rank's rows of every checkpoint tensor in place:
 
-    qkv_proj.weight   rows [0, q)       q_proj   (num_heads * head_dim)
-                      rows [q, q+kv)    k_proj   (num_kv_heads * head_dim)
-                      rows [q+kv, q+2kv) v_proj
+    qkv_proj.weight   rows [0, q)          this rank's q heads     (heads / tp * head_dim)
+                      rows [q, q+kv)       this rank's k heads     (kv_heads / tp * head_dim)
+                      rows [q+kv, q+2kv)   this rank's v heads
+
+With fewer KV heads than ranks, ``tp / kv_heads`` consecutive ranks share a copy of one KV head,
+the one their query heads attend with (tp = 4, 8 query heads, 2 KV heads):
+
+    tp_rank        0      1      2      3
+    q heads       0 1    2 3    4 5    6 7
+    kv head        0      0      1      1      kv head = tp_rank // (tp / kv_heads)
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from worker.errors import ModelLoadError
-from worker.model.weights import ShardId, copy_weight, default_weight_loader, set_weight_loader
+from worker.model.weights import (
+    CheckpointTensor,
+    ShardId,
+    copy_weight,
+    default_weight_loader,
+    expect_shape,
+    set_weight_loader,
+)
+from worker.parallel.comm import tp_all_reduce
+from worker.parallel.state import ParallelState
 
 
-class Linear(nn.Module):
-    """``y = x W^T (+ b)`` with parameters left uninitialised for the loader to fill."""
+@dataclass(frozen=True)
+class RowShard:
+    """Rows ``[src, src + length)`` of a checkpoint tensor with ``total`` rows, kept at rows
+    ``[dst, dst + length)`` of this rank's weight (and bias)."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = False) -> None:
+    total: int
+    src: int
+    dst: int
+    length: int
+
+
+class _RowShardedLinear(nn.Module):
+    """``y = x W^T (+ b)`` where W holds, for each checkpoint shard id, the rows of ``shards``;
+    parameters start uninitialised for the loader to fill."""
+
+    def __init__(self, input_size: int, shards: dict[ShardId, RowShard], bias: bool) -> None:
         super().__init__()
-        self.input_size = input_size
-        self.output_size = output_size
+        self.shards = shards
+        output_size = sum(shard.length for shard in shards.values())
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
         self.bias: nn.Parameter | None = None
         if bias:
@@ -33,39 +66,109 @@ class Linear(nn.Module):
         for param in self.parameters():
             set_weight_loader(param, self.weight_loader)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        default_weight_loader(param, loaded, shard_id)
+    def weight_loader(
+        self, param: nn.Parameter, loaded: CheckpointTensor, shard_id: ShardId
+    ) -> None:
+        shard = self.shards.get(shard_id)
+        if shard is None:
+            raise ModelLoadError(
+                f"no shard {shard_id!r} in a layer with shards {list(self.shards)}"
+            )
+        expect_shape(loaded, (shard.total, *param.shape[1:]))
+        copy_weight(
+            param.data.narrow(0, shard.dst, shard.length), loaded.narrow(0, shard.src, shard.length)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
 
-class MergedLinear(Linear):
-    """Several projections of the same input stacked along the output dimension; checkpoint shard
-    ``i`` (an int) holds rows ``sum(output_sizes[:i]) : sum(output_sizes[:i + 1])``."""
+class ColumnParallelLinear(_RowShardedLinear):
+    """Output features split evenly across TP ranks; ``forward`` returns this rank's slice of
+    the output, with no communication.
 
-    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False) -> None:
-        self.output_sizes = output_sizes
-        super().__init__(input_size, sum(output_sizes), bias)
-
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        if not isinstance(shard_id, int) or not 0 <= shard_id < len(self.output_sizes):
-            raise ModelLoadError(f"no shard {shard_id!r} in a merged layer")
-        start = sum(self.output_sizes[:shard_id])
-        copy_weight(param.data.narrow(0, start, self.output_sizes[shard_id]), loaded)
-
-
-class QKVLinear(MergedLinear):
-    """Query, key and value projections in one matmul; shards are named "q", "k" and "v"."""
+    One output size: one checkpoint tensor (shard id None). Several (gate and up): that many
+    checkpoint tensors stacked, shard ids 0, 1, ..., each split across ranks on its own so a
+    rank's slice of each stays next to the other (``silu(gate) * up`` needs both halves).
+    """
 
     def __init__(
-        self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool
+        self, input_size: int, output_sizes: Sequence[int], bias: bool, parallel: ParallelState
     ) -> None:
-        self.q_size = num_heads * head_dim
-        self.kv_size = num_kv_heads * head_dim
-        super().__init__(hidden_size, [self.q_size, self.kv_size, self.kv_size], bias)
+        tp, rank = parallel.tp_size, parallel.tp_rank
+        shards: dict[ShardId, RowShard] = {}
+        dst = 0
+        for i, size in enumerate(output_sizes):
+            local = size // tp
+            shards[None if len(output_sizes) == 1 else i] = RowShard(size, rank * local, dst, local)
+            dst += local
+        super().__init__(input_size, shards, bias)
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId) -> None:
-        if shard_id not in ("q", "k", "v"):
-            raise ModelLoadError(f"no shard {shard_id!r} in a q/k/v layer")
-        super().weight_loader(param, loaded, "qkv".index(shard_id))
+
+class QKVParallelLinear(_RowShardedLinear):
+    """Query, key and value projections in one matmul, split by heads across TP ranks; shard
+    ids "q", "k", "v". ``num_heads``, ``num_kv_heads``, ``q_size`` and ``kv_size`` are this
+    rank's."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        head_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        bias: bool,
+        parallel: ParallelState,
+    ) -> None:
+        tp, rank = parallel.tp_size, parallel.tp_rank
+        self.num_heads = num_heads // tp
+        self.num_kv_heads = parallel.config.local_kv_heads(num_kv_heads)
+        replicas = max(1, tp // num_kv_heads)
+        first_kv_head = rank // replicas * self.num_kv_heads
+        self.q_size = self.num_heads * head_dim
+        self.kv_size = self.num_kv_heads * head_dim
+        total_q, total_kv = num_heads * head_dim, num_kv_heads * head_dim
+        kv_src = first_kv_head * head_dim
+        super().__init__(
+            hidden_size,
+            {
+                "q": RowShard(total_q, rank * self.q_size, 0, self.q_size),
+                "k": RowShard(total_kv, kv_src, self.q_size, self.kv_size),
+                "v": RowShard(total_kv, kv_src, self.q_size + self.kv_size, self.kv_size),
+            },
+            bias,
+        )
+
+
+class RowParallelLinear(nn.Module):
+    """Input features split evenly across TP ranks: each rank multiplies its slice of the input
+    (the output of a column-parallel layer) and the partial sums are all-reduced. The bias is
+    whole on every rank and added once, after the sum."""
+
+    def __init__(
+        self, input_size: int, output_size: int, bias: bool, parallel: ParallelState
+    ) -> None:
+        super().__init__()
+        self.parallel = parallel
+        self.input_size = input_size
+        local = input_size // parallel.tp_size
+        self.weight = nn.Parameter(torch.empty(output_size, local), requires_grad=False)
+        set_weight_loader(self.weight, self.weight_loader)
+        self.bias: nn.Parameter | None = None
+        if bias:
+            self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
+            set_weight_loader(self.bias, default_weight_loader)
+
+    def weight_loader(
+        self, param: nn.Parameter, loaded: CheckpointTensor, shard_id: ShardId
+    ) -> None:
+        if shard_id is not None:
+            raise ModelLoadError(f"parameter stored whole has no shard {shard_id!r}")
+        expect_shape(loaded, (param.shape[0], self.input_size))
+        local = param.shape[1]
+        copy_weight(param.data, loaded.narrow(1, self.parallel.tp_rank * local, local))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.parallel.tp_size == 1:
+            return F.linear(x, self.weight, self.bias)
+        y = tp_all_reduce(F.linear(x, self.weight), self.parallel)
+        return y if self.bias is None else y + self.bias

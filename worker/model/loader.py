@@ -1,4 +1,5 @@
-"""Building a model in its dtype and filling it from a safetensors checkpoint."""
+"""Building one rank's shard of a model in its dtype and filling it from a safetensors
+checkpoint, reading only the blocks that rank keeps."""
 
 from __future__ import annotations
 
@@ -12,43 +13,58 @@ from torch import nn
 from worker.errors import ModelLoadError
 from worker.model.checkpoint import checkpoint_files, iter_tensors
 from worker.model.config import ModelConfig
-from worker.model.llama import LlamaForCausalLM
+from worker.model.llama import LlamaForCausalLM, PPMissingLayer
 from worker.model.weights import ShardId, get_weight_loader
+from worker.parallel.state import ParallelState
+
+EMBEDDING = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
 
 
 def load_model(
-    model_dir: Path, config: ModelConfig, device: torch.device | str = "cpu"
+    model_dir: Path,
+    config: ModelConfig,
+    parallel: ParallelState | None = None,
+    device: torch.device | str = "cpu",
 ) -> LlamaForCausalLM:
-    """Build the model directly in ``config.dtype`` on ``device`` and load every weight from
+    """Build this rank's shard of the model (the whole model when ``parallel`` is None, i.e.
+    tp = pp = 1) directly in ``config.dtype`` on ``device`` and load its weights from
     ``model_dir``; returns it in eval mode with gradients off. Raises ``ModelLoadError`` naming
-    the file and tensor for any missing, unknown, corrupt or mis-shaped weight."""
+    the file and tensor for any missing, unknown, corrupt or mis-shaped weight, and ValueError
+    if the model cannot be split as ``parallel`` says."""
     device = torch.device(device)
     with torch.device(device), _default_dtype(config.dtype):
-        model = LlamaForCausalLM(config)
-    load_weights(model, Path(model_dir), device)
+        model = LlamaForCausalLM(config, parallel)
+    load_weights(model, Path(model_dir))
     model.eval()
     model.requires_grad_(False)
     return model
 
 
-def load_weights(model: LlamaForCausalLM, model_dir: Path, device: torch.device) -> None:
-    """Copy every checkpoint tensor into its parameter through the parameter's weight_loader."""
+def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:
+    """Give every checkpoint tensor this rank needs to its parameter's weight_loader, which
+    reads only its block; tensors of other pipeline stages are skipped unread."""
     params = dict(model.named_parameters())
+    other_stages = tuple(
+        f"{name}." for name, module in model.named_modules() if isinstance(module, PPMissingLayer)
+    )
     expected = _expected_checkpoint_names(model, params)
     loaded: set[str] = set()
     for path in checkpoint_files(model_dir):
-        for name, tensor in iter_tensors(path, device):
+        for name, tensor in iter_tensors(path):
             if _ignored(name, model):
                 continue
-            param_name, shard_id = _param_name(name, model)
-            param = params.get(param_name)
-            if param is None:
-                raise ModelLoadError(f"{path}: unknown tensor {name!r}")
-            try:
-                get_weight_loader(param)(param, tensor.to(param.dtype), shard_id)
-            except ModelLoadError as e:
-                raise ModelLoadError(f"{path}: tensor {name!r}: {e}") from e
-            loaded.add(name)
+            for param_name, shard_id in _targets(name, model, params):
+                param = params.get(param_name)
+                if param is None:
+                    if param_name.startswith(other_stages):
+                        continue
+                    raise ModelLoadError(f"{path}: unknown tensor {name!r}")
+                try:
+                    get_weight_loader(param)(param, tensor, shard_id)
+                except ModelLoadError as e:
+                    raise ModelLoadError(f"{path}: tensor {name!r}: {e}") from e
+                loaded.add(name)
     missing = sorted(expected - loaded)
     if missing:
         shown = ", ".join(missing[:5]) + (
@@ -61,7 +77,19 @@ def _ignored(name: str, model: LlamaForCausalLM) -> bool:
     # inv_freq is recomputed, not loaded; a tied lm_head is the embedding table itself.
     if name.endswith(".rotary_emb.inv_freq"):
         return True
-    return name == "lm_head.weight" and model.config.tie_word_embeddings
+    return name == LM_HEAD and model.config.tie_word_embeddings
+
+
+def _targets(
+    name: str, model: LlamaForCausalLM, params: dict[str, nn.Parameter]
+) -> list[tuple[str, ShardId]]:
+    """The (parameter name, shard id) pairs a checkpoint tensor is loaded into."""
+    targets = [_param_name(name, model)]
+    # A tied head on a last stage that is not the first has its own copy of the table (on a
+    # single stage both names are one parameter, which named_parameters lists once).
+    if name == EMBEDDING and model.config.tie_word_embeddings and LM_HEAD in params:
+        targets.append((LM_HEAD, None))
+    return targets
 
 
 def _param_name(name: str, model: LlamaForCausalLM) -> tuple[str, ShardId]:
@@ -76,12 +104,15 @@ def _param_name(name: str, model: LlamaForCausalLM) -> tuple[str, ShardId]:
 def _expected_checkpoint_names(
     model: LlamaForCausalLM, params: dict[str, nn.Parameter]
 ) -> set[str]:
-    """Every checkpoint tensor the model needs: a packed parameter needs each of its shards."""
+    """Every checkpoint tensor this rank needs: a packed parameter needs each of its shards."""
     unpacked: dict[str, list[str]] = {}
     for checkpoint_module, (module, _) in model.packed_modules_mapping.items():
         unpacked.setdefault(module, []).append(checkpoint_module)
     names = set()
     for param_name in params:
+        if param_name == LM_HEAD and model.config.tie_word_embeddings:
+            names.add(EMBEDDING)
+            continue
         parts = param_name.split(".")
         for module in unpacked.get(parts[-2], [parts[-2]]):
             names.add(".".join([*parts[:-2], module, parts[-1]]))
