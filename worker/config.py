@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.parallel.state import ParallelConfig
+
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
+_PLACEMENTS = ("pack", "spread")
 
 
 @dataclass(frozen=True)
@@ -13,7 +16,10 @@ class EngineConfig:
     """How one engine serves one model directory.
 
     The KV cache gets ``num_kv_blocks`` blocks if set, else as many as fit in
-    ``kv_cache_bytes``. ``max_model_len`` defaults to the model's own context.
+    ``kv_cache_bytes`` on each rank. ``max_model_len`` defaults to the model's own context.
+    A replica spans tensor_parallel_size x pipeline_parallel_size ranks; ``layer_split`` sets how
+    many layers each pipeline stage holds (even split if unset); ``placement`` "pack" keeps all
+    ranks on one node, "spread" only each stage's TP ranks.
     """
 
     model: Path
@@ -29,6 +35,21 @@ class EngineConfig:
     max_stop_string_chars: int = 256
     max_logprobs: int = 20
     seed: int = 0
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    layer_split: tuple[int, ...] | None = None
+    placement: str = "pack"
+    step_timeout_s: float = 60.0
+
+    @property
+    def parallel(self) -> ParallelConfig:
+        return ParallelConfig(
+            self.tensor_parallel_size, self.pipeline_parallel_size, self.layer_split
+        )
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
     def __post_init__(self) -> None:
         checks = {
@@ -38,6 +59,8 @@ class EngineConfig:
             "max_num_seqs": self.max_num_seqs,
             "max_stop_strings": self.max_stop_strings,
             "max_stop_string_chars": self.max_stop_string_chars,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "pipeline_parallel_size": self.pipeline_parallel_size,
         }
         if self.num_kv_blocks is not None:
             checks["num_kv_blocks"] = self.num_kv_blocks
@@ -52,3 +75,9 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be >= 0, got {self.max_logprobs}")
+        if self.placement not in _PLACEMENTS:
+            raise ValueError(
+                f"placement must be one of {', '.join(_PLACEMENTS)}, got {self.placement!r}"
+            )
+        if not self.step_timeout_s > 0:
+            raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")

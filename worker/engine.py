@@ -9,7 +9,12 @@ from dataclasses import dataclass
 import torch
 
 from worker.config import EngineConfig
-from worker.errors import DuplicateRequestError, InvalidRequestError
+from worker.errors import (
+    DuplicateRequestError,
+    InvalidRequestError,
+    ModelLoadError,
+    WorkerFailedError,
+)
 from worker.executor import Executor, LocalExecutor
 from worker.kv_cache_manager import KVCacheManager
 from worker.kv_events import KVEvent
@@ -55,12 +60,14 @@ class Engine:
             max_stop_string_chars=config.max_stop_string_chars,
             max_logprobs=config.max_logprobs,
         )
-        per_block = ModelRunner.kv_bytes_per_block(mc, config.block_size)
+        try:
+            config.parallel.validate(mc)
+        except ValueError as exc:
+            raise ModelLoadError(f"{config.model}: {exc}") from exc
+        per_block = ModelRunner.kv_bytes_per_block(mc, config.parallel, config.block_size)
         num_blocks = config.num_kv_blocks or max(1, config.kv_cache_bytes // per_block)
         torch.manual_seed(config.seed)
-        self.executor: Executor = LocalExecutor(
-            ModelRunner(load_model(config.model, mc), mc, num_blocks, config.block_size)
-        )
+        self.executor = self._make_executor(num_blocks)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs), self.kv
@@ -70,6 +77,19 @@ class Engine:
         self._eos_ids = frozenset(mc.eos_token_ids)
         self._in_flight: deque[SchedulerOutput] = deque()
         self._finished_ids: list[str] = []
+
+    def _make_executor(self, num_blocks: int) -> Executor:
+        config, mc = self.config, self.model_config
+        if config.world_size == 1:
+            model = load_model(config.model, mc)
+            return LocalExecutor(ModelRunner(model, mc, num_blocks, config.block_size))
+        import ray  # only multi-rank replicas need Ray
+
+        from worker.executor.ray_executor import RayExecutor
+
+        if not ray.is_initialized():
+            ray.init()  # joins RAY_ADDRESS if set, else starts a local cluster
+        return RayExecutor(config, num_blocks)
 
     @property
     def num_blocks(self) -> int:
@@ -152,7 +172,11 @@ class Engine:
         if not self._in_flight:
             return []
         t2 = time.perf_counter()
-        sampled = self.executor.receive()
+        try:
+            sampled = self.executor.receive()
+        except WorkerFailedError:
+            self._abort_all()
+            raise
         t3 = time.perf_counter()
         outputs = self._process(self._in_flight.popleft(), sampled)
         times.execute += t3 - t2
@@ -187,6 +211,12 @@ class Engine:
                 del self._states[request.request_id]
             outputs.append(state.take_output())
         return outputs
+
+    def _abort_all(self) -> None:
+        """The replica lost a rank: every request ends, and every block goes back to the pool."""
+        self._in_flight.clear()
+        for request_id in list(self._states):
+            self.abort(request_id)
 
     def _finish(self, request: Request, status: RequestStatus) -> None:
         self.scheduler.finish(request, status)

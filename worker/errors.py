@@ -26,5 +26,9 @@ class ModelLoadError(KVFleetError):
     """A model directory that cannot be served: unsupported, missing, truncated or mismatched."""
 
 
+class WorkerFailedError(KVFleetError):
+    """A rank of the replica died or failed; the replica cannot serve until it is rebuilt."""
+
+
 class EngineDeadError(KVFleetError):
     """The engine stopped after an internal failure; in-flight requests are failed with this."""

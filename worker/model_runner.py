@@ -1,64 +1,103 @@
-"""A rank's share of a step: build tensors, run the model, sample on the result rank."""
+"""A rank's share of a step: build tensors, run its pipeline stage, sample on the last stage."""
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from kernels import PagedAttentionMetadata
 from worker.model.config import ModelConfig
 from worker.model.llama import LlamaForCausalLM
+from worker.parallel.comm import recv_intermediate, send_intermediate
+from worker.parallel.config import ParallelConfig
+from worker.parallel.state import ParallelState
 from worker.sampler import SampledToken, Sampler
 from worker.step_input import StepInput
 
 
 class ModelRunner:
-    """Owns this rank's model and its paged KV cache, one tensor per local layer:
-    [2 (key, value), num_blocks, block_size, num_kv_heads, head_dim]. The rank that ends the
-    pipeline samples, keeping each seeded request's generator from step to step."""
+    """Owns this rank's model shard and its paged KV cache, one tensor per local layer:
+    [2 (key, value), num_blocks, block_size, local_kv_heads, head_dim]. The first TP rank of the
+    last stage samples, keeping each seeded request's generator from step to step; the other
+    ranks return None."""
 
     def __init__(
-        self, model: LlamaForCausalLM, config: ModelConfig, num_blocks: int, block_size: int
+        self,
+        model: LlamaForCausalLM,
+        config: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        parallel: ParallelState | None = None,
     ) -> None:
         self.model = model
+        self.config = config
+        self.parallel = parallel or ParallelState.single()
         self.block_size = block_size
-        shape = (2, num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        shape = (2, num_blocks, block_size, model.local_kv_heads, config.head_dim)
+        device = self.parallel.device
         # Zeroed, not empty: padded attention reads masked slots, and 0 * NaN would leak through.
         self.kv_caches = [
-            torch.zeros(shape, dtype=config.dtype) for _ in range(config.num_hidden_layers)
+            torch.zeros(shape, dtype=config.dtype, device=device)
+            for _ in range(model.num_local_layers)
         ]
+        self.samples = self.parallel.is_last_stage and self.parallel.tp_rank == 0
         self.sampler = Sampler()
         self._generators: dict[str, torch.Generator] = {}
+        self._pending_send: dist.Work | None = None
 
     @staticmethod
-    def kv_bytes_per_block(config: ModelConfig, block_size: int) -> int:
+    def kv_bytes_per_block(config: ModelConfig, parallel: ParallelConfig, block_size: int) -> int:
+        """KV bytes one block takes on the rank holding the most (the KV budget is per rank)."""
         itemsize = torch.empty((), dtype=config.dtype).element_size()
-        per_layer = 2 * block_size * config.num_key_value_heads * config.head_dim * itemsize
-        return per_layer * config.num_hidden_layers
+        kv_heads = parallel.local_kv_heads(config.num_key_value_heads)
+        layers = max(
+            len(parallel.stage_layers(p, config.num_hidden_layers))
+            for p in range(parallel.pipeline_parallel_size)
+        )
+        return 2 * block_size * kv_heads * config.head_dim * itemsize * layers
 
     @torch.inference_mode()
-    def execute(self, step: StepInput) -> list[SampledToken]:
+    def execute(self, step: StepInput) -> list[SampledToken] | None:
         for request_id in step.finished_ids:
             self._generators.pop(request_id, None)
+        device = self.parallel.device
         meta = PagedAttentionMetadata(
-            query_start_loc=torch.tensor(step.query_start_loc, dtype=torch.int32),
-            seq_lens=torch.tensor(step.seq_lens, dtype=torch.int32),
-            block_table=torch.tensor(step.block_table, dtype=torch.int32),
-            slot_mapping=torch.tensor(step.slot_mapping, dtype=torch.int64),
+            query_start_loc=torch.tensor(step.query_start_loc, dtype=torch.int32, device=device),
+            seq_lens=torch.tensor(step.seq_lens, dtype=torch.int32, device=device),
+            block_table=torch.tensor(step.block_table, dtype=torch.int32, device=device),
+            slot_mapping=torch.tensor(step.slot_mapping, dtype=torch.int64, device=device),
             query_lens_host=step.query_lens,
             seq_lens_host=step.seq_lens,
             block_size=self.block_size,
         )
-        hidden = self.model(
-            torch.tensor(step.input_ids, dtype=torch.int64),
-            torch.tensor(step.positions, dtype=torch.int64),
+        intermediate = None
+        if not self.parallel.is_first_stage:
+            intermediate = recv_intermediate(
+                len(step.input_ids), self.config.hidden_size, self.config.dtype, self.parallel
+            )
+        out = self.model(
+            torch.tensor(step.input_ids, dtype=torch.int64, device=device),
+            torch.tensor(step.positions, dtype=torch.int64, device=device),
             self.kv_caches,
             meta,
+            intermediate,
         )
+        if not self.parallel.is_last_stage:
+            assert isinstance(out, tuple)
+            hidden, residual = out
+            if self._pending_send is not None:
+                self._pending_send.wait()  # surfaces a failed send of the previous step
+            self._pending_send = send_intermediate(hidden, residual, self.parallel)
+            return None
+        assert isinstance(out, torch.Tensor)
         if not step.sampling:  # only prefill chunks that do not reach their prompt's end
-            return []
-        logits = self.model.compute_logits(hidden[torch.tensor(step.logits_rows)])
+            return [] if self.samples else None
+        rows = torch.tensor(step.logits_rows, dtype=torch.int64, device=device)
+        logits = self.model.compute_logits(out[rows])  # every TP rank joins its all-gather
+        if not self.samples:
+            return None
         return self.sampler.sample(
-            logits, [row.params for row in step.sampling], self._generators_for(step)
+            logits.cpu(), [row.params for row in step.sampling], self._generators_for(step)
         )
 
     def _generators_for(self, step: StepInput) -> list[torch.Generator | None]:

@@ -18,7 +18,9 @@ class LocalExecutor(Executor):
         self._done: deque[list[SampledToken]] = deque()
 
     def submit(self, step: StepInput) -> None:
-        self._done.append(self.runner.execute(step))
+        sampled = self.runner.execute(step)
+        assert sampled is not None, "a single rank always samples"
+        self._done.append(sampled)
 
     def receive(self) -> list[SampledToken]:
         return self._done.popleft()

@@ -1,0 +1,104 @@
+"""Replicas spanning several ranks (Ray actors, gloo on CPU) generate what one rank does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+
+from tests.worker.engine_helpers import make_engine, run_all, tokens_of
+from worker.engine import Engine
+from worker.errors import WorkerFailedError
+from worker.sampling_params import SamplingParams
+
+pytestmark = pytest.mark.slow
+
+SHARED = "A system prompt every request starts with, so that the prefix cache gets hits. "
+PROMPTS = {f"p{i}": SHARED + q for i, q in enumerate(["Why?", "How many blocks?", "When", "Who"])}
+PARAMS = SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True, logprobs=2)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    # Loopback only; enough CPU slots for four ranks on a two-core machine.
+    ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(demo_model_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    engine = make_engine(demo_model_dir, max_num_batched_tokens=24)
+    return _generate(engine)
+
+
+def _generate(engine: Engine) -> dict[str, tuple[list[int], list[float]]]:
+    """Greedy tokens and their logprobs; a small token budget forces chunked prefill, and the
+    shared prefix gives cache hits from the second wave of requests on."""
+    result = {}
+    for wave in (dict(list(PROMPTS.items())[:1]), dict(list(PROMPTS.items())[1:])):
+        for rid, outputs in run_all(engine, wave, PARAMS).items():  # type: ignore[arg-type]
+            logprobs = [lp.token_logprob for o in outputs for lp in (o.logprobs or [])]
+            result[rid] = (tokens_of(outputs), logprobs)
+    assert engine.load_report().prefix_hits > 0
+    return result
+
+
+@pytest.mark.parametrize(
+    "tp, pp, split",
+    [(2, 1, None), (1, 2, (1, 3)), (2, 2, None)],
+    ids=["tp2", "pp2-uneven", "tp2xpp2"],
+)
+def test_parallel_replica_matches_single_rank(
+    local_ray: None,
+    demo_model_dir: Path,
+    reference: dict[str, tuple[list[int], list[float]]],
+    tp: int,
+    pp: int,
+    split: tuple[int, ...] | None,
+) -> None:
+    engine = make_engine(
+        demo_model_dir,
+        max_num_batched_tokens=24,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        layer_split=split,
+    )
+    try:
+        got = _generate(engine)
+        for rid, (tokens, logprobs) in reference.items():
+            assert got[rid][0] == tokens, rid
+            torch.testing.assert_close(
+                torch.tensor(got[rid][1]), torch.tensor(logprobs), atol=1e-4, rtol=0
+            )
+        engine.check_integrity()
+    finally:
+        engine.shutdown()
+
+
+def test_killed_rank_fails_requests_within_seconds(local_ray: None, demo_model_dir: Path) -> None:
+    engine = make_engine(demo_model_dir, tensor_parallel_size=2, step_timeout_s=30)
+    try:
+        long = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+        for i in range(3):
+            engine.add_request(engine.make_request(f"k{i}", f"doomed request {i}", long))
+        for _ in range(3):
+            engine.step()
+        victim = engine.executor.workers[1]  # type: ignore[attr-defined]
+        os.kill(ray.get(victim.pid.remote()), signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(WorkerFailedError, match=r"rank \d"):
+            while engine.has_unfinished():
+                engine.step()
+        assert time.monotonic() - start < 10
+        assert not engine.has_unfinished()
+        engine.check_integrity()
+        assert engine.kv.pool.num_free == engine.num_blocks
+    finally:
+        engine.shutdown()

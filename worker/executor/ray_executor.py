@@ -1,0 +1,119 @@
+"""The multi-rank executor: one Ray actor per rank, driven over the control channel."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+import ray
+import torch
+import torch.distributed as dist
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from worker.config import EngineConfig
+from worker.errors import WorkerFailedError
+from worker.executor.base import Executor
+from worker.executor.control import ControlServer
+from worker.executor.rank_worker import RankWorker
+from worker.sampler import SampledToken
+from worker.step_input import StepInput
+
+_START_TIMEOUT_S = 300.0
+
+
+class RayExecutor(Executor):
+    """Ranks are laid out as in vLLM: rank = pp_rank * tp + tp_rank. Each pipeline stage's TP
+    ranks share one node (a STRICT_PACK placement group per stage, or one for the whole replica
+    with placement "pack"); stages may land on different nodes. The sampling rank is the last
+    stage's first TP rank. Up to pp steps are in flight, one per stage."""
+
+    def __init__(self, config: EngineConfig, num_blocks: int) -> None:
+        parallel = config.parallel
+        self.tp, self.pp = parallel.tensor_parallel_size, parallel.pipeline_parallel_size
+        self.world_size = self.tp * self.pp
+        self.max_in_flight = self.pp
+        self.sampling_rank = (self.pp - 1) * self.tp
+        self.step_timeout_s = config.step_timeout_s
+        self.rank_execute_s = 0.0  # the sampling rank's own time in steps; the rest is dispatch
+        host = ray.util.get_node_ip_address()
+        self._store = dist.TCPStore(
+            host, 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=120)
+        )
+        self._control = ControlServer(host)
+        self._groups = self._placement_groups(config.placement)
+        resource = {"num_gpus": 1} if torch.cuda.is_available() else {"num_cpus": 1}
+        # Two threads: serve() runs for the replica's life; pid() and param_bytes() still answer.
+        remote_worker = ray.remote(RankWorker)
+        self.workers: list[Any] = []
+        for rank in range(self.world_size):
+            group, bundle = self._bundle_of(rank)
+            strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=bundle)
+            self.workers.append(
+                remote_worker.options(
+                    scheduling_strategy=strategy, max_concurrency=2, **resource
+                ).remote(
+                    str(config.model),
+                    config.dtype,
+                    parallel,
+                    rank,
+                    (host, self._store.port),
+                    num_blocks,
+                    config.block_size,
+                )
+            )
+        self._loops = [w.serve.remote(self._control.address) for w in self.workers]
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not self._control.accept(self.world_size, timeout_s=1.0):
+            self._raise_start_failure()
+            if time.monotonic() > deadline:
+                missing = self._control.missing(self.world_size)
+                raise WorkerFailedError(f"ranks {missing} did not start in {_START_TIMEOUT_S} s")
+
+    def submit(self, step: StepInput) -> None:
+        self._control.broadcast(step)
+
+    def receive(self) -> list[SampledToken]:
+        sampled, execute_s = self._control.receive(self.sampling_rank, self.step_timeout_s)
+        self.rank_execute_s += execute_s
+        return list(sampled)
+
+    def shutdown(self) -> None:
+        try:
+            self._control.broadcast(None)
+            ray.wait(self._loops, num_returns=len(self._loops), timeout=10)
+        except WorkerFailedError:
+            pass  # a dead rank is why we are shutting down; the rest are killed below
+        for worker in self.workers:
+            ray.kill(worker)
+        for group in self._groups:
+            remove_placement_group(group)
+        self._control.close()
+
+    def _placement_groups(self, placement: str) -> list[PlacementGroup]:
+        key = "GPU" if torch.cuda.is_available() else "CPU"
+        # "spread": one group per stage, so only a stage's TP ranks must share a node.
+        sizes = [self.world_size] if placement == "pack" else [self.tp] * self.pp
+        groups = [placement_group([{key: 1}] * n, strategy="STRICT_PACK") for n in sizes]
+        ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=120)
+        if len(ready) < len(groups):
+            raise WorkerFailedError(
+                f"the cluster cannot place {self.world_size} ranks ({key}) for this replica"
+            )
+        return groups
+
+    def _bundle_of(self, rank: int) -> tuple[PlacementGroup, int]:
+        if len(self._groups) == 1:
+            return self._groups[0], rank
+        return self._groups[rank // self.tp], rank % self.tp
+
+    def _raise_start_failure(self) -> None:
+        """A rank that crashed while starting says why through its serve() result."""
+        done, _ = ray.wait(self._loops, num_returns=len(self._loops), timeout=0)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except Exception as exc:
+                self.shutdown()
+                raise WorkerFailedError(f"a rank failed to start: {exc}") from exc
