@@ -1,0 +1,56 @@
+"""The routing cost: an estimate of a request's time to first token on each replica."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from router.load import ReplicaLoad
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Time to first token on a replica, in seconds, from its load and the prompt's cache hit:
+
+        ttft = (queued_prefill + uncached + running * running_token_equiv) / prefill_rate
+               + kv_penalty_s * clamp((kv_usage - kv_soft_usage) / (1 - kv_soft_usage), 0, 1)
+
+    Queued and uncached tokens are the prefill work ahead of the first token. Each running
+    sequence takes a token of every step's budget, so decodes slow prefill down; a nearly full KV
+    cache risks preemption. One continuous number: a long cached prefix wins exactly until the
+    queue in front of it costs more than recomputing the prefix elsewhere.
+
+    Caps, which take a replica out of the candidates: ``max_waiting`` requests queued, or fewer
+    free KV blocks than the prompt's uncached blocks (free blocks as last reported, less those
+    this router's dispatches since then will take), since it would have to wait for memory or
+    preempt. A cap on the prompt's own need, not on a usage threshold: a replica with 97 % of its
+    blocks in use still takes a request that hits a long cached prefix and needs a few blocks.
+    """
+
+    prefill_tokens_per_s: float = 8000.0
+    running_token_equiv: float = 16.0
+    kv_soft_usage: float = 0.8
+    kv_penalty_s: float = 0.25
+    max_waiting: int = 256
+
+    def admits(self, load: ReplicaLoad) -> bool:
+        """Under the queue cap (the KV cap depends on the prompt: see ``fits``)."""
+        return load.num_waiting < self.max_waiting
+
+    def free_blocks(self, load: ReplicaLoad, block_size: int) -> int:
+        return load.report.num_free_blocks - -(-int(load.pending_tokens) // block_size)
+
+    def fits(self, load: ReplicaLoad, uncached_tokens: int, block_size: int) -> bool:
+        return -(-uncached_tokens // block_size) <= self.free_blocks(load, block_size)
+
+    def queue_s(self, load: ReplicaLoad, prefill_rate: float) -> float:
+        """The part of ``ttft_s`` that does not depend on the prompt: work already ahead of it."""
+        report = load.report
+        work = load.queued_tokens + report.num_running * self.running_token_equiv
+        queue = work / prefill_rate
+        if report.kv_usage > self.kv_soft_usage:
+            excess = (report.kv_usage - self.kv_soft_usage) / (1.0 - self.kv_soft_usage)
+            queue += self.kv_penalty_s * min(1.0, excess)
+        return queue
+
+    def ttft_s(self, load: ReplicaLoad, uncached_tokens: int, prefill_rate: float) -> float:
+        return self.queue_s(load, prefill_rate) + uncached_tokens / prefill_rate

@@ -1,0 +1,114 @@
+"""A replica's load as one router sees it: the replica's last report plus its own dispatches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.load_report import LoadReport
+
+UNKNOWN_FREE_BLOCKS = 1 << 62  # before a replica's first report: assume room
+
+IDLE = LoadReport(
+    num_waiting=0,
+    waiting_prefill_tokens=0,
+    num_running=0,
+    kv_usage=0.0,
+    num_free_blocks=UNKNOWN_FREE_BLOCKS,
+    prefix_queries=0,
+    prefix_hits=0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """A request this router sent, not yet visible in a load report."""
+
+    request_id: str
+    time: float
+    prefill_tokens: int  # prompt tokens the replica is expected to compute (uncached)
+
+
+class ReplicaLoad:
+    """The last report is the truth; each dispatch since adds its uncached tokens to the queue
+    at once, so that this router does not keep choosing a replica whose report is stale.
+
+    The engine reports the whole prompt of a waiting request, before its prefix-cache lookup,
+    so a queue of requests that will mostly hit looks ~15x longer than it is, which would push
+    traffic away from exactly the replicas holding its prefixes. Until reports carry tokens net
+    of hits, the waiting tokens are discounted by the replica's recent token hit ratio, from the
+    growth of its ``prefix_hits`` / ``prefix_queries`` counters (decayed by half per report).
+
+    Reconciliation: a report received at ``t`` reflects every request that reached the replica
+    before ``t - report_lag_s``, so those dispatches are dropped when it arrives (they are in
+    its queue, or already prefilled). A dispatch is also dropped when its first token or its end
+    comes back through this router (``release``). Other routers' dispatches are not seen until
+    the next report; that residual staleness is what the policy's sampling absorbs.
+    """
+
+    __slots__ = (
+        "_hits",
+        "_pending",
+        "_queries",
+        "pending_tokens",
+        "report",
+        "report_lag_s",
+        "report_time",
+    )
+
+    def __init__(self, report_lag_s: float) -> None:
+        self.report_lag_s = report_lag_s
+        self.report = IDLE
+        self.report_time = float("-inf")
+        self._pending: dict[str, Dispatch] = {}  # in dispatch order
+        self.pending_tokens = 0
+        self._queries = self._hits = 0.0  # decayed sums of the counters' growth
+
+    @property
+    def hit_ratio(self) -> float:
+        """Recent fraction of looked-up prompt tokens that were prefix-cache hits."""
+        return self._hits / self._queries if self._queries else 0.0
+
+    @property
+    def queued_tokens(self) -> float:
+        """Prompt tokens ahead of a new request that the replica still has to compute."""
+        return self.report.waiting_prefill_tokens * (1.0 - self.hit_ratio) + self.pending_tokens
+
+    @property
+    def num_waiting(self) -> int:
+        return self.report.num_waiting + len(self._pending)
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    def on_report(self, report: LoadReport, now: float) -> None:
+        queries = report.prefix_queries - self.report.prefix_queries
+        hits = report.prefix_hits - self.report.prefix_hits
+        if queries >= 0 and hits >= 0:  # counters shrink only when the replica restarted
+            self._queries = self._queries / 2 + queries
+            self._hits = self._hits / 2 + hits
+        self.report, self.report_time = report, now
+        horizon = now - self.report_lag_s
+        done = []
+        for request_id, dispatch in self._pending.items():
+            if dispatch.time > horizon:
+                break
+            done.append(request_id)
+        for request_id in done:
+            self.pending_tokens -= self._pending.pop(request_id).prefill_tokens
+
+    def dispatched(self, request_id: str, prefill_tokens: int, now: float) -> None:
+        self.release(request_id)
+        self._pending[request_id] = Dispatch(request_id, now, prefill_tokens)
+        self.pending_tokens += prefill_tokens
+
+    def release(self, request_id: str) -> None:
+        dispatch = self._pending.pop(request_id, None)
+        if dispatch is not None:
+            self.pending_tokens -= dispatch.prefill_tokens
+
+    def check_integrity(self) -> None:
+        """Raise AssertionError unless the pending total matches the pending dispatches."""
+        assert self.pending_tokens == sum(d.prefill_tokens for d in self._pending.values())
+        times = [d.time for d in self._pending.values()]
+        assert times == sorted(times), "pending dispatches are out of order"

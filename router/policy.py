@@ -1,0 +1,212 @@
+"""The routing policy: longest cached prefix against load, as one continuous cost."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from router.cost import CostModel
+from router.event_feed import KVSnapshot
+from router.hashing import PromptBlocks
+from router.index import PrefixIndex
+from router.load import ReplicaLoad
+from worker.kv_events import KVEvent
+from worker.load_report import LoadReport
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """How one router instance routes. ``seed`` makes its sampling reproducible; give each router
+    of a fleet its own (or None), or routers with the same view make the same random picks."""
+
+    block_size: int = 16
+    max_index_bytes: int = 256 << 20
+    predicted_ttl_s: float = 10.0
+    report_lag_s: float = 0.25
+    cost: CostModel = field(default_factory=CostModel)
+    choices: int = 2  # replicas sampled among the near-best; the cheaper of them wins
+    margin_s: float = 0.005  # near-best: within max(margin_s, margin_rel * best) of the best
+    margin_rel: float = 0.05
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaScore:
+    """One candidate's estimate: its cached prefix and estimated time to first token."""
+
+    replica_id: str
+    cached_tokens: int
+    ttft_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingDecision:
+    """Where a prompt goes and why; ``record`` it once the request is actually sent."""
+
+    replica_id: str
+    cached_tokens: int
+    ttft_s: float
+    prompt: PromptBlocks
+    sampled: tuple[ReplicaScore, ...]  # the near-best replicas the pick was made among
+    num_near_best: int  # how many replicas were within the margin of the best
+
+    @property
+    def uncached_tokens(self) -> int:
+        return self.prompt.num_tokens - self.cached_tokens
+
+
+class NoReplicaError(RuntimeError):
+    """No replica is registered: nothing can serve (UNAVAILABLE)."""
+
+
+class OverloadedError(RuntimeError):
+    """Every replica is at its queue cap or short of KV blocks (RESOURCE_EXHAUSTED)."""
+
+
+@dataclass(slots=True)
+class _Replica:
+    load: ReplicaLoad
+    prefill_rate: float
+    # The cost model's prompt-independent parts, kept current as the load changes:
+    admitted: bool = True  # under the queue cap
+    queue_s: float = 0.0
+    free_blocks: int = 0
+
+
+class PrefixAwareRouter:
+    """The pure routing core, free of Ray and gRPC: fed KV events, snapshots and load reports,
+    it picks a replica per prompt.
+
+    Each candidate's cost is its estimated time to first token (cost.py), with the cached prefix
+    from the index (exact ∪ predicted) and the load from reports plus this router's dispatches
+    (load.py). Anti-herding: the pick is not the argmin but the cheaper of ``choices`` replicas
+    sampled among those within a small margin of the best. A clear winner (a long cached prefix,
+    a short queue) is still chosen by every router; near-ties, such as a unique prompt on idle
+    replicas, are spread instead of piling onto the one replica several routers all see first.
+    """
+
+    def __init__(self, config: RouterConfig | None = None) -> None:
+        self.config = config or RouterConfig()
+        self.index = PrefixIndex(
+            self.config.block_size, self.config.max_index_bytes, self.config.predicted_ttl_s
+        )
+        self._replicas: dict[str, _Replica] = {}
+        self._rng = random.Random(self.config.seed)
+
+    # -- membership and feeds ------------------------------------------------------------------
+
+    @property
+    def replica_ids(self) -> list[str]:
+        return list(self._replicas)
+
+    def add_replica(self, replica_id: str, prefill_tokens_per_s: float | None = None) -> None:
+        rate = prefill_tokens_per_s or self.config.cost.prefill_tokens_per_s
+        self.index.add_replica(replica_id)
+        replica = _Replica(ReplicaLoad(self.config.report_lag_s), rate)
+        self._replicas[replica_id] = replica
+        self._refresh(replica)
+
+    def remove_replica(self, replica_id: str) -> None:
+        self.index.remove_replica(replica_id)
+        del self._replicas[replica_id]
+
+    def on_kv_events(self, replica_id: str, events: Iterable[KVEvent], now: float) -> None:
+        self.index.apply_events(replica_id, events, now)
+
+    def on_snapshot(self, replica_id: str, snapshot: KVSnapshot, now: float) -> None:
+        self.index.apply_snapshot(replica_id, snapshot, now)
+
+    def needs_resync(self) -> list[str]:
+        """Replicas whose event stream had a gap: fetch a snapshot and ``on_snapshot`` it."""
+        return [r for r in self._replicas if self.index.feed(r).needs_resync]
+
+    def on_load_report(self, replica_id: str, report: LoadReport, now: float) -> None:
+        replica = self._replicas[replica_id]
+        replica.load.on_report(report, now)
+        self._refresh(replica)
+
+    def _refresh(self, replica: _Replica) -> None:
+        # Done when the load changes, not per decision: keeps the decision loop to arithmetic.
+        cost = self.config.cost
+        replica.admitted = cost.admits(replica.load)
+        replica.queue_s = cost.queue_s(replica.load, replica.prefill_rate)
+        replica.free_blocks = cost.free_blocks(replica.load, self.config.block_size)
+
+    def load(self, replica_id: str) -> ReplicaLoad:
+        return self._replicas[replica_id].load
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    def choose(
+        self, token_ids: Sequence[int], cache_salt: str | None = None, *, now: float
+    ) -> RoutingDecision:
+        """Pick a replica for the prompt; changes nothing until ``record``."""
+        if not self._replicas:
+            raise NoReplicaError("no replica is registered")
+        prompt = PromptBlocks(token_ids, self.config.block_size, cache_salt)
+        matches = self.index.longest_match(prompt, now)
+        block_size, num_tokens = self.config.block_size, prompt.num_tokens
+        costs = []
+        for replica_id, replica in self._replicas.items():
+            cached = matches.get(replica_id, 0) * block_size
+            uncached = num_tokens - cached
+            if replica.admitted and -(-uncached // block_size) <= replica.free_blocks:
+                ttft = replica.queue_s + uncached / replica.prefill_rate
+                costs.append((ttft, replica_id, cached))
+        if not costs:
+            raise OverloadedError(
+                f"all {len(self._replicas)} replicas are at their queue cap or short of free KV "
+                "blocks for this prompt"
+            )
+        best = min(costs)[0]
+        limit = best + max(self.config.margin_s, self.config.margin_rel * best)
+        near = [cost for cost in costs if cost[0] <= limit]
+        sampled = near
+        if len(near) > self.config.choices:
+            sampled = self._rng.sample(near, self.config.choices)
+        ttft, replica_id, cached = min(sampled, key=_ttft)
+        scores = tuple(ReplicaScore(r, c, t) for t, r, c in sampled)
+        return RoutingDecision(replica_id, cached, ttft, prompt, scores, len(near))
+
+    def record(self, decision: RoutingDecision, request_id: str, *, now: float) -> None:
+        """The request was sent: predict its blocks on the replica and count its prefill."""
+        self.index.predict(decision.replica_id, decision.prompt, now)
+        replica = self._replicas[decision.replica_id]
+        replica.load.dispatched(request_id, decision.uncached_tokens, now)
+        self._refresh(replica)
+
+    def route(
+        self,
+        request_id: str,
+        token_ids: Sequence[int],
+        cache_salt: str | None = None,
+        *,
+        now: float,
+    ) -> RoutingDecision:
+        """``choose`` then ``record``."""
+        decision = self.choose(token_ids, cache_salt, now=now)
+        self.record(decision, request_id, now=now)
+        return decision
+
+    def release(self, replica_id: str, request_id: str) -> None:
+        """The request's first token (or its end) came back: its prefill is no longer queued."""
+        replica = self._replicas.get(replica_id)
+        if replica is not None:
+            replica.load.release(request_id)
+            self._refresh(replica)
+
+    def check_integrity(self, now: float) -> None:
+        """The index's invariants and every replica's load bookkeeping."""
+        self.index.check_integrity(now)
+        assert set(self._replicas) == set(self.index.replica_ids), "replica registries differ"
+        for replica in self._replicas.values():
+            replica.load.check_integrity()
+            cost, load = self.config.cost, replica.load
+            assert replica.admitted == cost.admits(load), "stale admission"
+            assert replica.queue_s == cost.queue_s(load, replica.prefill_rate), "stale queue"
+            assert replica.free_blocks == cost.free_blocks(load, self.config.block_size)
+
+
+def _ttft(cost: tuple[float, str, int]) -> float:
+    return cost[0]

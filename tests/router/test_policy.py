@@ -1,0 +1,216 @@
+"""The routing policy: prefix affinity while load allows, spill when it does not, even spread of
+unique prompts, and no herding between routers that share one view."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from router.cost import CostModel
+from router.load import ReplicaLoad
+from router.policy import NoReplicaError, OverloadedError, PrefixAwareRouter, RouterConfig
+from tests.router.replica_sim import CacheReplica
+from worker.load_report import LoadReport
+
+RATE = 8000.0  # the cost model's default prefill tokens per second
+
+
+def report(
+    waiting_tokens: int = 0, waiting: int = 0, running: int = 0, kv: float = 0.1, free: int = 1000
+) -> LoadReport:
+    return LoadReport(waiting, waiting_tokens, running, kv, free, 0, 0)
+
+
+def make_router(replicas: int, seed: int = 0, **config: object) -> PrefixAwareRouter:
+    router = PrefixAwareRouter(RouterConfig(seed=seed, **config))  # type: ignore[arg-type]
+    for i in range(replicas):
+        router.add_replica(f"r{i}")
+    return router
+
+
+def tokens(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(50_000) for _ in range(n)]
+
+
+def test_requests_sharing_a_long_prefix_land_on_one_replica_while_its_load_allows() -> None:
+    rng = random.Random(0)
+    router = make_router(4)
+    prefix = tokens(rng, 2048)
+    chosen = []
+    for i in range(12):
+        decision = router.route(f"q{i}", prefix + tokens(rng, 128), now=i * 0.1)
+        chosen.append(decision.replica_id)
+        for replica in router.replica_ids:  # each prefill is done by the next report
+            router.on_load_report(replica, report(), now=i * 0.1 + 0.5)
+    assert len(set(chosen)) == 1
+    home = chosen[0]
+    # The home replica's queue grows past what recomputing the prefix elsewhere costs: spill.
+    router.on_load_report(home, report(waiting_tokens=6000, waiting=4), now=5.0)
+    spill = router.route("spill", prefix + tokens(rng, 128), now=5.0)
+    assert spill.replica_id != home
+    assert spill.cached_tokens == 0
+    router.on_load_report(spill.replica_id, report(), now=5.5)
+    # The spill replica now holds the prefix too (predicted), so it takes the next ones.
+    follow = router.route("follow", prefix + tokens(rng, 128), now=5.6)
+    assert follow.replica_id == spill.replica_id
+    assert follow.cached_tokens == 2048
+    router.check_integrity(now=6.0)
+
+
+@pytest.mark.parametrize(("queued", "stays"), [(1500, True), (2500, False)])
+def test_affinity_holds_exactly_while_the_queue_costs_less_than_recomputing(
+    queued: int, stays: bool
+) -> None:
+    rng = random.Random(1)
+    router = make_router(2)
+    prompt = tokens(rng, 2176)
+    cache = CacheReplica(num_blocks=200)
+    cache.run(prompt[:2048])
+    router.on_kv_events("r0", cache.drain(), now=0.0)
+    router.on_load_report("r0", report(waiting_tokens=queued, waiting=1), now=0.0)
+    decision = router.choose(prompt, now=0.0)
+    # r0 costs (queued + 128) / rate, r1 costs 2176 / rate: the cheaper one wins.
+    assert (decision.replica_id == "r0") is stays
+    assert decision.ttft_s == pytest.approx((queued + 128) / RATE if stays else 2176 / RATE)
+
+
+class QueueFleet:
+    """Replicas that prefill their queue at RATE and report it every ``period`` seconds."""
+
+    def __init__(self, routers: list[PrefixAwareRouter], replicas: list[str]) -> None:
+        self.routers = routers
+        self.queued = dict.fromkeys(replicas, 0.0)
+        self.served: Counter[str] = Counter()
+
+    def send(self, replica: str, tokens: int) -> None:
+        self.queued[replica] += tokens
+        self.served[replica] += 1
+
+    def advance(self, dt: float, now: float) -> None:
+        for replica in self.queued:
+            self.queued[replica] = max(0.0, self.queued[replica] - RATE * dt)
+            for router in self.routers:
+                router.on_load_report(replica, report(int(self.queued[replica])), now=now)
+
+
+def test_unique_prompts_spread_evenly() -> None:
+    rng = random.Random(2)
+    router = make_router(4)
+    fleet = QueueFleet([router], router.replica_ids)
+    for i in range(400):
+        now = i * 0.05
+        decision = router.route(f"u{i}", tokens(rng, 300), now=now)
+        fleet.send(decision.replica_id, decision.uncached_tokens)
+        if i % 5 == 4:
+            fleet.advance(0.25, now)
+    counts = fleet.served.values()
+    assert max(counts) / (sum(counts) / 4) <= 1.1
+
+
+def test_routers_fed_the_same_events_send_a_prefix_to_the_same_replica() -> None:
+    rng = random.Random(3)
+    routers = [make_router(8, seed=seed) for seed in range(4)]
+    prefixes = [tokens(rng, 1024) for _ in range(8)]
+    for i, prefix in enumerate(prefixes):  # group i is cached on replica i
+        cache = CacheReplica(num_blocks=100)
+        cache.run(prefix)
+        events = cache.drain()
+        for router in routers:
+            router.on_kv_events(f"r{i}", events, now=0.0)
+    for n in range(200):
+        group = rng.randrange(8)
+        router = routers[n % 4]
+        decision = router.route(f"q{n}", prefixes[group] + tokens(rng, 64), now=0.01 * n)
+        assert decision.replica_id == f"r{group}"
+        router.release(decision.replica_id, f"q{n}")  # served at once: no queue builds up
+
+
+def test_routers_sharing_one_view_do_not_herd_unique_traffic() -> None:
+    rng = random.Random(4)
+    routers = [make_router(8, seed=seed) for seed in range(4)]
+    herded, picks = 0, Counter[str]()
+    for round_ in range(60):
+        now = float(round_)
+        # One shared, slightly uneven view: an argmin would send all four to the same replica.
+        queues = {f"r{i}": rng.randrange(30) for i in range(8)}
+        for router in routers:
+            for replica, queued in queues.items():
+                router.on_load_report(replica, report(waiting_tokens=queued), now=now)
+        chosen = []
+        for router in routers:  # the same instant: no router sees the others' dispatches
+            chosen.append(router.route(f"q{round_}", tokens(rng, 512), now=now).replica_id)
+        herded += len(set(chosen)) == 1
+        picks.update(chosen)
+    assert herded <= 2
+    assert max(picks.values()) <= 2 * (sum(picks.values()) / 8)
+
+
+def test_replicas_over_their_caps_are_not_candidates() -> None:
+    router = make_router(3, cost=CostModel(max_waiting=8))
+    router.on_load_report("r0", report(kv=0.97, free=3), now=0.0)  # 100 tokens need 7 blocks
+    router.on_load_report("r1", report(waiting=8), now=0.0)
+    for i in range(20):
+        assert router.route(f"q{i}", list(range(100)), now=0.0).replica_id == "r2"
+        router.release("r2", f"q{i}")
+    router.on_load_report("r2", report(kv=0.99, free=0), now=0.0)
+    with pytest.raises(OverloadedError):
+        router.choose(list(range(100)), now=0.0)
+    with pytest.raises(NoReplicaError):
+        PrefixAwareRouter().choose(list(range(100)), now=0.0)
+
+
+def test_a_nearly_full_replica_still_takes_a_prompt_that_needs_few_new_blocks() -> None:
+    router = make_router(2)
+    prompt = list(range(1000, 1000 + 16 * 160 + 5))
+    cache = CacheReplica(num_blocks=200)
+    cache.run(prompt[: 16 * 160])
+    router.on_kv_events("r0", cache.drain(), now=0.0)
+    router.on_load_report("r0", report(kv=0.97, free=3), now=0.0)
+    decision = router.route("q", prompt, now=0.0)  # needs 1 new block on r0, 161 on r1
+    assert decision.replica_id == "r0"
+    assert router.choose(list(range(16 * 160)), now=0.0).replica_id == "r1"  # 160 do not fit
+
+
+def test_dispatches_use_up_the_free_blocks_until_the_next_report() -> None:
+    router = make_router(2)
+    router.on_load_report("r0", report(free=20), now=0.0)
+    router.on_load_report("r1", report(free=1000, waiting_tokens=4000, waiting=1), now=0.0)
+    picks = [router.route(f"q{i}", [i] * 100, now=0.0).replica_id for i in range(5)]
+    assert picks[:2] == ["r0", "r0"] and "r1" in picks[2:]  # 7 blocks each: the third has 6
+
+
+def test_dispatch_deltas_are_reconciled_by_the_next_report_or_the_first_token() -> None:
+    load = ReplicaLoad(report_lag_s=0.25)
+    load.dispatched("a", 1000, now=0.0)
+    load.dispatched("b", 500, now=1.0)
+    load.dispatched("c", 200, now=1.0)
+    assert load.queued_tokens == 1700 and load.num_waiting == 3
+    load.on_report(report(waiting_tokens=900, waiting=1), now=1.1)  # reflects "a", not b, c
+    assert load.queued_tokens == 900 + 700
+    load.release("b")
+    assert load.queued_tokens == 900 + 200
+    load.on_report(report(), now=2.0)
+    assert load.queued_tokens == 0 and load.num_pending == 0
+    load.check_integrity()
+
+
+def test_decode_pressure_and_kv_usage_raise_the_estimated_ttft() -> None:
+    model = CostModel()
+    base, busy, full = ReplicaLoad(0.0), ReplicaLoad(0.0), ReplicaLoad(0.0)
+    busy.on_report(report(running=40), now=0.0)
+    full.on_report(report(kv=0.9), now=0.0)
+    idle = model.ttft_s(base, 1000, RATE)
+    assert idle == pytest.approx(1000 / RATE)
+    assert model.ttft_s(busy, 1000, RATE) == pytest.approx((1000 + 40 * 16) / RATE)
+    assert model.ttft_s(full, 1000, RATE) == pytest.approx(idle + model.kv_penalty_s / 2)
+
+
+def test_waiting_prompt_tokens_are_discounted_by_the_replicas_recent_hit_ratio() -> None:
+    load = ReplicaLoad(report_lag_s=0.0)
+    # The engine reports whole waiting prompts; 90 % of what it looked up lately was cached.
+    load.on_report(LoadReport(4, 8000, 0, 0.1, 100, prefix_queries=1000, prefix_hits=900), 0.0)
+    assert load.queued_tokens == pytest.approx(800)
+    load.on_report(LoadReport(4, 8000, 0, 0.1, 100, prefix_queries=2000, prefix_hits=900), 1.0)
+    assert load.hit_ratio == pytest.approx((450 + 0) / (500 + 1000))  # older window halved
