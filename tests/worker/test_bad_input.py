@@ -8,7 +8,7 @@ import pytest
 
 from tests.worker.engine_helpers import GREEDY_32, make_engine, run_all, tokens_of
 from worker.engine import Engine
-from worker.errors import DuplicateRequestError, InvalidRequestError
+from worker.errors import DuplicateRequestError, InvalidRequestError, ModelLoadError
 from worker.sampling_params import SamplingParams
 
 
@@ -81,3 +81,19 @@ def test_request_larger_than_the_whole_cache_is_refused(demo_model_dir: Path) ->
     small = make_engine(demo_model_dir, num_kv_blocks=4)
     with pytest.raises(InvalidRequestError, match="need 5 KV blocks; the cache has 4"):
         small.make_request("big", [1] * 60, SamplingParams(max_tokens=10))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"tensor_parallel_size": 3}, "num_attention_heads"),
+        ({"pipeline_parallel_size": 5}, "num_hidden_layers"),
+        ({"pipeline_parallel_size": 2, "layer_split": (1, 2)}, "layer_split"),
+    ],
+)
+def test_bad_parallel_layout_fails_at_start_up(
+    demo_model_dir: Path, overrides: dict[str, object], message: str
+) -> None:
+    # Refused while validating, before any rank (or Ray) is started.
+    with pytest.raises(ModelLoadError, match=message):
+        make_engine(demo_model_dir, **overrides)
