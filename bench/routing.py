@@ -140,7 +140,9 @@ class SimReplica:
     def report(self) -> LoadReport:  # what worker.engine.Engine.load_report computes
         pool = self.kv.pool
         running = len(self.decoding) + (self.prefilling is not None)
-        waiting_tokens = sum(r.num_tokens - r.num_computed_tokens for r in self.waiting)
+        waiting_tokens = sum(  # net of cached prefixes, as the engine reports
+            r.num_tokens - len(self.kv.get_computed_blocks(r)) * BLOCK for r in self.waiting
+        )
         return LoadReport(len(self.waiting), waiting_tokens, running, pool.usage(), pool.num_free,
                           self.kv.prefix_queries, self.kv.prefix_hits)  # fmt: skip
 

@@ -32,11 +32,8 @@ class ReplicaLoad:
     """The last report is the truth; each dispatch since adds its uncached tokens to the queue
     at once, so that this router does not keep choosing a replica whose report is stale.
 
-    The engine reports the whole prompt of a waiting request, before its prefix-cache lookup,
-    so a queue of requests that will mostly hit looks ~15x longer than it is, which would push
-    traffic away from exactly the replicas holding its prefixes. Until reports carry tokens net
-    of hits, the waiting tokens are discounted by the replica's recent token hit ratio, from the
-    growth of its ``prefix_hits`` / ``prefix_queries`` counters (decayed by half per report).
+    The engine reports its waiting prompt tokens net of what its prefix cache already holds,
+    so a queue of requests that will mostly hit does not look longer than it is.
 
     Reconciliation: a report received at ``t`` reflects every request that reached the replica
     before ``t - report_lag_s``, so those dispatches are dropped when it arrives (they are in
@@ -46,9 +43,7 @@ class ReplicaLoad:
     """
 
     __slots__ = (
-        "_hits",
         "_pending",
-        "_queries",
         "pending_tokens",
         "report",
         "report_lag_s",
@@ -61,17 +56,11 @@ class ReplicaLoad:
         self.report_time = float("-inf")
         self._pending: dict[str, Dispatch] = {}  # in dispatch order
         self.pending_tokens = 0
-        self._queries = self._hits = 0.0  # decayed sums of the counters' growth
-
-    @property
-    def hit_ratio(self) -> float:
-        """Recent fraction of looked-up prompt tokens that were prefix-cache hits."""
-        return self._hits / self._queries if self._queries else 0.0
 
     @property
     def queued_tokens(self) -> float:
         """Prompt tokens ahead of a new request that the replica still has to compute."""
-        return self.report.waiting_prefill_tokens * (1.0 - self.hit_ratio) + self.pending_tokens
+        return self.report.waiting_prefill_tokens + self.pending_tokens
 
     @property
     def num_waiting(self) -> int:
@@ -82,11 +71,6 @@ class ReplicaLoad:
         return len(self._pending)
 
     def on_report(self, report: LoadReport, now: float) -> None:
-        queries = report.prefix_queries - self.report.prefix_queries
-        hits = report.prefix_hits - self.report.prefix_hits
-        if queries >= 0 and hits >= 0:  # counters shrink only when the replica restarted
-            self._queries = self._queries / 2 + queries
-            self._hits = self._hits / 2 + hits
         self.report, self.report_time = report, now
         horizon = now - self.report_lag_s
         done = []

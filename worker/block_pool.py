@@ -75,6 +75,7 @@ class BlockPool:
         block_hash: BlockHash,
         parent_hash: BlockHash | None,
         token_ids: tuple[int, ...],
+        extra_keys: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Register a full, computed block under its hash. If an equal block is cached already,
         this one stays uncached: block tables are append-only, so it is not swapped out."""
@@ -82,7 +83,7 @@ class BlockPool:
             return
         block.block_hash = block_hash
         self._cached[block_hash] = block
-        self.events.stored(block_hash, parent_hash, token_ids)
+        self.events.stored(block_hash, parent_hash, token_ids, extra_keys)
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached prefix; only possible while no block is in use."""

@@ -229,7 +229,11 @@ class Engine:
         waiting = self.scheduler.waiting
         return LoadReport(
             num_waiting=len(waiting),
-            waiting_prefill_tokens=sum(r.num_tokens - r.num_computed_tokens for r in waiting),
+            # Net of what the prefix cache already holds: what prefill will really cost.
+            waiting_prefill_tokens=sum(
+                r.num_tokens - len(self.kv.get_computed_blocks(r)) * self.kv.block_size
+                for r in waiting
+            ),
             num_running=len(self.scheduler.running),
             kv_usage=self.kv.pool.usage(),
             num_free_blocks=self.kv.pool.num_free,

@@ -81,6 +81,7 @@ class KVCacheManager:
                 request.block_hashes[index],
                 request.block_hashes[index - 1] if index else None,
                 tuple(request.all_token_ids[start : start + self.block_size]),
+                () if index else request.extra_keys,
             )
         self._num_cached_blocks[request.request_id] = max(done, num_full)
 

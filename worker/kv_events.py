@@ -10,10 +10,14 @@ from worker.block_hash import BlockHash
 
 @dataclass(frozen=True, slots=True)
 class BlockStored:
+    """A full block entered the prefix cache. A first block (no parent) carries its request's
+    tagged extra keys, such as ("cache_salt", ...), so a router can rehash it exactly."""
+
     seq: int
     block_hash: BlockHash
     parent_hash: BlockHash | None
     token_ids: tuple[int, ...]
+    extra_keys: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +47,14 @@ class KVEventLog:
         return self._next_seq
 
     def stored(
-        self, block_hash: BlockHash, parent_hash: BlockHash | None, token_ids: tuple[int, ...]
+        self,
+        block_hash: BlockHash,
+        parent_hash: BlockHash | None,
+        token_ids: tuple[int, ...],
+        extra_keys: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        self._events.append(BlockStored(self._take_seq(), block_hash, parent_hash, token_ids))
+        event = BlockStored(self._take_seq(), block_hash, parent_hash, token_ids, extra_keys)
+        self._events.append(event)
 
     def removed(self, block_hash: BlockHash) -> None:
         self._events.append(BlockRemoved(self._take_seq(), block_hash))

@@ -65,6 +65,11 @@ class Request:
         self.update_block_hashes()
 
     @property
+    def extra_keys(self) -> tuple[tuple[str, str], ...]:
+        """The tagged keys that enter this request's first block hash."""
+        return self._extra_keys
+
+    @property
     def num_tokens(self) -> int:
         return len(self.all_token_ids)
 

@@ -205,12 +205,3 @@ def test_decode_pressure_and_kv_usage_raise_the_estimated_ttft() -> None:
     assert idle == pytest.approx(1000 / RATE)
     assert model.ttft_s(busy, 1000, RATE) == pytest.approx((1000 + 40 * 16) / RATE)
     assert model.ttft_s(full, 1000, RATE) == pytest.approx(idle + model.kv_penalty_s / 2)
-
-
-def test_waiting_prompt_tokens_are_discounted_by_the_replicas_recent_hit_ratio() -> None:
-    load = ReplicaLoad(report_lag_s=0.0)
-    # The engine reports whole waiting prompts; 90 % of what it looked up lately was cached.
-    load.on_report(LoadReport(4, 8000, 0, 0.1, 100, prefix_queries=1000, prefix_hits=900), 0.0)
-    assert load.queued_tokens == pytest.approx(800)
-    load.on_report(LoadReport(4, 8000, 0, 0.1, 100, prefix_queries=2000, prefix_hits=900), 1.0)
-    assert load.hit_ratio == pytest.approx((450 + 0) / (500 + 1000))  # older window halved

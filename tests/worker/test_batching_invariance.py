@@ -72,3 +72,15 @@ def test_preemption_equals_alone(demo_model_dir: Path, reference: dict[str, list
     engine = make_engine(demo_model_dir, num_kv_blocks=14)
     _check(engine, reference)
     assert engine.scheduler.num_preemptions > 0
+
+
+def test_load_report_counts_waiting_tokens_net_of_cache_hits(demo_model_dir: Path) -> None:
+    engine = make_engine(demo_model_dir)
+    prompts = _prompts(engine)
+    first = next(iter(prompts.items()))
+    run_all(engine, dict([first]), GREEDY_32)
+    _, second = list(prompts.items())[1]
+    engine.add_request(engine.make_request("queued", second, GREEDY_32))
+    cached = len(engine.kv.get_computed_blocks(engine.scheduler.waiting[0])) * 16
+    assert cached > 0
+    assert engine.load_report().waiting_prefill_tokens == len(second) - cached

@@ -145,3 +145,13 @@ def test_allocate_slots_fails_without_side_effects_when_short() -> None:
     assert kv.block_ids("b") == []
     assert kv.pool.num_free == 1
     kv.check_integrity()
+
+
+def test_first_block_event_carries_the_salt_so_a_router_can_rehash_it() -> None:
+    kv = KVCacheManager(8, BS)
+    _run_prefill(kv, _request("a", list(range(9)), salt="tenant-1"))
+    first, second = kv.pool.events.drain()
+    assert isinstance(first, BlockStored) and isinstance(second, BlockStored)
+    assert first.extra_keys == (("cache_salt", "tenant-1"),)
+    assert second.extra_keys == ()  # the chain carries it from here on
+    assert first.block_hash == hash_block(None, first.token_ids, first.extra_keys)
