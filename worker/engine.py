@@ -166,9 +166,15 @@ class Engine:
                 batch, self.kv.block_ids, self.config.block_size, self._finished_ids
             )
             self._finished_ids = []
-            self.executor.submit(step)
+            t2 = time.perf_counter()
+            times.prepare += t2 - t1
+            try:
+                self.executor.submit(step)  # the in-process executor runs the step right here
+            except WorkerFailedError:
+                self._abort_all()
+                raise
             self._in_flight.append(batch)
-            times.prepare += time.perf_counter() - t1
+            times.execute += time.perf_counter() - t2
         if not self._in_flight:
             return []
         t2 = time.perf_counter()
