@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.model.loader import LOAD_FORMATS
 from worker.parallel.state import ParallelConfig
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -19,11 +20,14 @@ class EngineConfig:
     ``kv_cache_bytes`` on each rank. ``max_model_len`` defaults to the model's own context.
     A replica spans tensor_parallel_size x pipeline_parallel_size ranks; ``layer_split`` sets how
     many layers each pipeline stage holds (even split if unset); ``placement`` "pack" keeps all
-    ranks on one node, "spread" only each stage's TP ranks.
+    ranks on one node, "spread" only each stage's TP ranks. ``load_format`` "dummy" builds the
+    model from config.json alone with random weights (seeded by ``seed``), for benchmarks
+    without a checkpoint.
     """
 
     model: Path
     dtype: str = "auto"
+    load_format: str = "safetensors"
     block_size: int = 16
     num_kv_blocks: int | None = None
     kv_cache_bytes: int = 256 * 2**20
@@ -73,6 +77,10 @@ class EngineConfig:
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(
+                f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {self.load_format!r}"
+            )
         if self.max_logprobs < 0:
             raise ValueError(f"max_logprobs must be >= 0, got {self.max_logprobs}")
         if self.placement not in _PLACEMENTS:

@@ -24,6 +24,7 @@ from worker.model.loader import load_model
 from worker.model_runner import ModelRunner
 from worker.output_state import OutputState
 from worker.outputs import RequestOutput
+from worker.parallel.state import ParallelState
 from worker.request import Request, RequestStatus
 from worker.sampler import SampledToken
 from worker.sampling_params import SamplingLimits, SamplingParams
@@ -52,7 +53,12 @@ class Engine:
         self.model_config = ModelConfig.from_dir(config.model, config.dtype)
         self.tokenizer = Tokenizer.from_dir(config.model)
         mc = self.model_config
-        self.max_model_len = min(config.max_model_len or mc.max_model_len, mc.max_model_len)
+        if config.max_model_len is not None and config.max_model_len > mc.max_model_len:
+            raise ModelLoadError(
+                f"{config.model}: max_model_len {config.max_model_len} exceeds the model's "
+                f"context of {mc.max_model_len} tokens"
+            )
+        self.max_model_len = config.max_model_len or mc.max_model_len
         self.limits = SamplingLimits(
             max_model_len=self.max_model_len,
             vocab_size=mc.vocab_size,
@@ -81,8 +87,13 @@ class Engine:
     def _make_executor(self, num_blocks: int) -> Executor:
         config, mc = self.config, self.model_config
         if config.world_size == 1:
-            model = load_model(config.model, mc)
-            return LocalExecutor(ModelRunner(model, mc, num_blocks, config.block_size))
+            # Like each rank of a multi-rank replica: the GPU when there is one.
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            state = ParallelState(config.parallel, device=device)
+            model = load_model(
+                config.model, mc, state, device, load_format=config.load_format, seed=config.seed
+            )
+            return LocalExecutor(ModelRunner(model, mc, num_blocks, config.block_size, state))
         import ray  # only multi-rank replicas need Ray
 
         from worker.executor.ray_executor import RayExecutor

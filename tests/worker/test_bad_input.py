@@ -89,9 +89,10 @@ def test_request_larger_than_the_whole_cache_is_refused(demo_model_dir: Path) ->
         ({"tensor_parallel_size": 3}, "num_attention_heads"),
         ({"pipeline_parallel_size": 5}, "num_hidden_layers"),
         ({"pipeline_parallel_size": 2, "layer_split": (1, 2)}, "layer_split"),
+        ({"max_model_len": 10**6}, "exceeds the model's context"),
     ],
 )
-def test_bad_parallel_layout_fails_at_start_up(
+def test_bad_engine_config_fails_at_start_up(
     demo_model_dir: Path, overrides: dict[str, object], message: str
 ) -> None:
     # Refused while validating, before any rank (or Ray) is started.

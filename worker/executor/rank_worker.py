@@ -32,6 +32,8 @@ class RankWorker:
         store_address: tuple[str, int],
         num_blocks: int,
         block_size: int,
+        load_format: str = "safetensors",
+        seed: int = 0,
     ) -> None:
         self.rank = rank
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -45,7 +47,9 @@ class RankWorker:
         )
         self.state = init_parallel(rank, parallel, store, "nccl" if device == "cuda" else "gloo")
         config = ModelConfig.from_dir(Path(model_dir), dtype)
-        model = load_model(Path(model_dir), config, self.state, device=device)
+        model = load_model(
+            Path(model_dir), config, self.state, device, load_format=load_format, seed=seed
+        )
         self.runner = ModelRunner(model, config, num_blocks, block_size, self.state)
 
     def pid(self) -> int:

@@ -61,6 +61,8 @@ class RayExecutor(Executor):
                     (host, self._store.port),
                     num_blocks,
                     config.block_size,
+                    config.load_format,
+                    config.seed,
                 )
             )
         self._loops = [w.serve.remote(self._control.address) for w in self.workers]

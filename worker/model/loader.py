@@ -1,5 +1,5 @@
 """Building one rank's shard of a model in its dtype and filling it from a safetensors
-checkpoint, reading only the blocks that rank keeps."""
+checkpoint, reading only the blocks that rank keeps (or with random weights: "dummy")."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from torch import nn
 from worker.errors import ModelLoadError
 from worker.model.checkpoint import checkpoint_files, iter_tensors
 from worker.model.config import ModelConfig
+from worker.model.dummy import fill_dummy_weights
 from worker.model.llama import LlamaForCausalLM, PPMissingLayer
 from worker.model.weights import ShardId, get_weight_loader
 from worker.parallel.state import ParallelState
 
 EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
+LOAD_FORMATS = ("safetensors", "dummy")
 
 
 def load_model(
@@ -26,16 +28,27 @@ def load_model(
     config: ModelConfig,
     parallel: ParallelState | None = None,
     device: torch.device | str = "cpu",
+    load_format: str = "safetensors",
+    seed: int = 0,
 ) -> LlamaForCausalLM:
     """Build this rank's shard of the model (the whole model when ``parallel`` is None, i.e.
     tp = pp = 1) directly in ``config.dtype`` on ``device`` and load its weights from
-    ``model_dir``; returns it in eval mode with gradients off. Raises ``ModelLoadError`` naming
-    the file and tensor for any missing, unknown, corrupt or mis-shaped weight, and ValueError
-    if the model cannot be split as ``parallel`` says."""
+    ``model_dir`` ("safetensors"), or fill them with random values seeded by ``seed`` ("dummy",
+    which reads no weight file); returns it in eval mode with gradients off. Raises
+    ``ModelLoadError`` naming the file and tensor for any missing, unknown, corrupt or mis-shaped
+    weight, and ValueError for an unknown ``load_format`` or if the model cannot be split as
+    ``parallel`` says."""
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(
+            f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}"
+        )
     device = torch.device(device)
     with torch.device(device), _default_dtype(config.dtype):
         model = LlamaForCausalLM(config, parallel)
-    load_weights(model, Path(model_dir))
+    if load_format == "dummy":
+        fill_dummy_weights(model, seed)
+    else:
+        load_weights(model, Path(model_dir))
     model.eval()
     model.requires_grad_(False)
     return model
