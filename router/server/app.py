@@ -1,0 +1,68 @@
+"""Start and stop the gRPC server: Generation, grpc.health.v1 and server reflection."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from protos.kvfleet.v1 import generation_pb2 as pb
+from router.server.backend import Backend
+from router.server.service import GenerationService, pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
+HEALTH_POLL_S = 1.0
+
+# Health trackers run until their server stops; held here so they are not garbage-collected.
+_trackers: set[asyncio.Task[None]] = set()
+
+
+async def serve(backend: Backend, host: str = "127.0.0.1", port: int = 50051) -> grpc.aio.Server:
+    """Start serving ``backend`` on host:port; stop with ``stop``. Must run on the event loop
+    that will serve the calls."""
+    server = grpc.aio.server()
+    pb_grpc.add_GenerationServicer_to_server(GenerationService(backend), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    await _set_health(health, backend.healthy())
+    task = asyncio.create_task(_track_health(server, backend, health))
+    _trackers.add(task)
+    task.add_done_callback(_trackers.discard)
+    return server
+
+
+async def stop(server: grpc.aio.Server, grace_s: float = 5.0) -> None:
+    """Refuse new calls, give running ones ``grace_s`` to finish, then cancel them (which aborts
+    their engine requests). The backend is the caller's to shut down afterwards."""
+    await server.stop(grace_s)
+
+
+async def _track_health(
+    server: grpc.aio.Server, backend: Backend, health: health_aio.HealthServicer
+) -> None:
+    # wait_for_termination returns True when it timed out, i.e. the server is still up.
+    while await server.wait_for_termination(timeout=HEALTH_POLL_S):
+        await _set_health(health, backend.healthy())
+
+
+async def _set_health(health: health_aio.HealthServicer, healthy: bool) -> None:
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if healthy
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ("", SERVICE_NAME):  # "" is the whole server, as probes ask by default
+        await health.set(name, status)
