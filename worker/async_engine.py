@@ -45,6 +45,11 @@ class AsyncEngine:
         self._thread = threading.Thread(target=self._run, name="kvfleet-engine", daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """False once the step loop has stopped on a failure; every later request is refused."""
+        return self._dead is None
+
     async def generate(
         self,
         prompt: str | list[int],

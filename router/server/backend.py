@@ -13,9 +13,7 @@ from router.policy import NoReplicaError, OverloadedError
 from worker.async_engine import AsyncEngine
 from worker.errors import (
     DuplicateRequestError,
-    EngineDeadError,
     InvalidRequestError,
-    WorkerFailedError,
 )
 from worker.outputs import RequestOutput
 from worker.sampling_params import SamplingParams
@@ -77,14 +75,11 @@ class LocalBackend(Backend):
         self.model_name = model_name
         self.max_queued_requests = max_queued_requests
         self._running: set[str] = set()
-        # AsyncEngine does not expose its liveness, so the first fatal error it reports marks
-        # this backend down for good (a dead engine is never restarted in place).
-        self._fatal: BaseException | None = None
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         self._check_model(request.model)
-        if self._fatal is not None:
-            raise NoReplicaError(f"the engine stopped: {self._fatal}")
+        if not self.engine.alive:  # a dead engine is never restarted in place
+            raise NoReplicaError("the engine stopped after a failure")
         if request.request_id in self._running:
             raise DuplicateRequestError(request.request_id)
         if len(self._running) >= self.max_queued_requests:
@@ -103,9 +98,6 @@ class LocalBackend(Backend):
             async with aclosing(stream):  # closing early aborts the engine request
                 async for output in stream:
                     yield output
-        except (EngineDeadError, WorkerFailedError) as exc:
-            self._fatal = exc
-            raise
         finally:
             self._running.discard(request.request_id)
 
@@ -124,7 +116,7 @@ class LocalBackend(Backend):
         return [ModelInfo(self.model_name, engine.max_model_len, engine.model_config.vocab_size)]
 
     def healthy(self) -> bool:
-        return self._fatal is None
+        return self.engine.alive
 
     def _check_model(self, model: str) -> None:
         if model and model != self.model_name:

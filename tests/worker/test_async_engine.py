@@ -93,6 +93,7 @@ async def test_bad_and_duplicate_requests_raise_before_queueing(engine: AsyncEng
 async def test_engine_failure_fails_every_stream_with_a_clear_error(demo_model_dir: Path) -> None:
     engine = AsyncEngine(make_engine(demo_model_dir))
     try:
+        assert engine.alive
         stream = engine.generate("doomed", LONG, request_id="d")
         await anext(stream)
         # A fault inside the step loop: the forward pass now fails.
@@ -102,5 +103,6 @@ async def test_engine_failure_fails_every_stream_with_a_clear_error(demo_model_d
                 pass
         with pytest.raises(EngineDeadError):
             await anext(engine.generate("after", GREEDY_32))
+        assert not engine.alive
     finally:
         engine.shutdown()
