@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from worker.engine import Engine
 from worker.errors import DuplicateRequestError, EngineDeadError, KVFleetError
@@ -17,6 +19,8 @@ from worker.request import Request
 from worker.sampling_params import SamplingParams
 
 _log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +33,15 @@ class _Abort:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    fn: Callable[[Engine], Any]
+    future: concurrent.futures.Future[Any]
+
+
+_Command = _Add | _Abort | _Call
+
+
 class AsyncEngine:
     """Runs the engine's step loop on a thread of its own (torch releases the GIL in its ops, so
     the event loop stays responsive) and routes each output to its request's stream. A stream
@@ -36,7 +49,7 @@ class AsyncEngine:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._commands: queue.SimpleQueue[_Add | _Abort | None] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
         self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput]]]
         self._streams = {}
         self._lock = threading.Lock()
@@ -87,6 +100,15 @@ class AsyncEngine:
         """Abort a request by id; its stream ends with finish_reason "abort"."""
         self._commands.put(_Abort(request_id))
 
+    async def call(self, fn: Callable[[Engine], T]) -> T:
+        """Run ``fn(engine)`` on the engine's thread between two steps: the safe way to read
+        engine state (a load report, KV events, integrity) while requests run."""
+        if self._dead is not None or not self._thread.is_alive():
+            raise EngineDeadError(f"engine stopped: {self._dead!r}")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._commands.put(_Call(fn, future))
+        return await asyncio.wrap_future(future)
+
     def shutdown(self) -> None:
         self._commands.put(None)
         self._thread.join(timeout=30)
@@ -101,6 +123,7 @@ class AsyncEngine:
                     except queue.Empty:
                         break
                     if command is None:
+                        self._refuse_calls("engine shut down")
                         return
                     self._apply(command)
                     block = False
@@ -110,9 +133,15 @@ class AsyncEngine:
             self._dead = exc
             _log.exception("engine loop stopped; failing every in-flight request")
             self._fail_all(f"engine stopped: {exc!r}")
+            self._refuse_calls(f"engine stopped: {exc!r}")
 
-    def _apply(self, command: _Add | _Abort) -> None:
-        if isinstance(command, _Add):
+    def _apply(self, command: _Command) -> None:
+        if isinstance(command, _Call):
+            try:
+                command.future.set_result(command.fn(self.engine))
+            except Exception as exc:  # the caller's to handle, not the step loop's
+                command.future.set_exception(exc)
+        elif isinstance(command, _Add):
             try:
                 self.engine.add_request(command.request)
             except KVFleetError as exc:
@@ -135,6 +164,16 @@ class AsyncEngine:
             targets = list(self._streams.items())
         for request_id, (loop, stream) in targets:
             loop.call_soon_threadsafe(stream.put_nowait, _error_output(request_id, message))
+
+    def _refuse_calls(self, message: str) -> None:
+        """Fail the calls still queued: nothing will run them once the loop has stopped."""
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, _Call):
+                command.future.set_exception(EngineDeadError(message))
 
 
 def _error_output(request_id: str, message: str) -> RequestOutput:

@@ -11,7 +11,6 @@ import torch
 from worker.config import EngineConfig
 from worker.errors import (
     DuplicateRequestError,
-    InvalidRequestError,
     ModelLoadError,
     WorkerFailedError,
 )
@@ -26,8 +25,9 @@ from worker.output_state import OutputState
 from worker.outputs import RequestOutput
 from worker.parallel.state import ParallelState
 from worker.request import Request, RequestStatus
+from worker.request_builder import RequestBuilder
 from worker.sampler import SampledToken
-from worker.sampling_params import SamplingLimits, SamplingParams
+from worker.sampling_params import SamplingParams
 from worker.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from worker.step_input import build_step_input
 from worker.tokenizer import Tokenizer
@@ -52,26 +52,13 @@ class Engine:
         self.config = config
         self.model_config = ModelConfig.from_dir(config.model, config.dtype)
         self.tokenizer = Tokenizer.from_dir(config.model)
-        mc = self.model_config
-        if config.max_model_len is not None and config.max_model_len > mc.max_model_len:
-            raise ModelLoadError(
-                f"{config.model}: max_model_len {config.max_model_len} exceeds the model's "
-                f"context of {mc.max_model_len} tokens"
-            )
-        self.max_model_len = config.max_model_len or mc.max_model_len
-        self.limits = SamplingLimits(
-            max_model_len=self.max_model_len,
-            vocab_size=mc.vocab_size,
-            max_stop_strings=config.max_stop_strings,
-            max_stop_string_chars=config.max_stop_string_chars,
-            max_logprobs=config.max_logprobs,
-        )
         try:
-            config.parallel.validate(mc)
+            config.parallel.validate(self.model_config)
         except ValueError as exc:
             raise ModelLoadError(f"{config.model}: {exc}") from exc
-        per_block = ModelRunner.kv_bytes_per_block(mc, config.parallel, config.block_size)
-        num_blocks = config.num_kv_blocks or max(1, config.kv_cache_bytes // per_block)
+        self.requests = RequestBuilder(config, self.model_config, self.tokenizer)
+        self.max_model_len = self.requests.max_model_len
+        num_blocks = self.requests.num_blocks
         torch.manual_seed(config.seed)
         self.executor = self._make_executor(num_blocks)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
@@ -80,7 +67,7 @@ class Engine:
         )
         self.times = StepTimes()
         self._states: dict[str, OutputState] = {}
-        self._eos_ids = frozenset(mc.eos_token_ids)
+        self._eos_ids = frozenset(self.model_config.eos_token_ids)
         self._in_flight: deque[SchedulerOutput] = deque()
         self._finished_ids: list[str] = []
 
@@ -117,34 +104,7 @@ class Engine:
         cache_salt: str | None = None,
     ) -> Request:
         """Validate and tokenize; touches no engine state, so any thread may call it."""
-        if not request_id:
-            raise InvalidRequestError("request_id", "is empty")
-        if isinstance(prompt, str):
-            token_ids = self.tokenizer.encode(prompt) if prompt else []
-        else:
-            token_ids = list(prompt)
-            bad = next((t for t in token_ids if not 0 <= t < self.model_config.vocab_size), None)
-            if bad is not None:
-                raise InvalidRequestError(
-                    "prompt_token_ids",
-                    f"token id {bad} is outside the vocabulary [0, {self.model_config.vocab_size})",
-                )
-        if not token_ids:
-            raise InvalidRequestError("prompt", "is empty")
-        if len(token_ids) >= self.max_model_len:
-            raise InvalidRequestError(
-                "prompt",
-                f"{len(token_ids)} tokens leave no room in the model's context of "
-                f"{self.max_model_len} tokens",
-            )
-        params.validate(len(token_ids), self.limits)
-        needed = -(-(len(token_ids) + params.max_tokens) // self.config.block_size)
-        if needed > self.num_blocks:
-            raise InvalidRequestError(
-                "max_tokens",
-                f"prompt plus max_tokens need {needed} KV blocks; the cache has {self.num_blocks}",
-            )
-        return Request(request_id, token_ids, params, self.config.block_size, cache_salt)
+        return self.requests.build(request_id, prompt, params, cache_salt)
 
     def add_request(self, request: Request) -> None:
         if request.request_id in self._states:

@@ -13,6 +13,11 @@ class InvalidRequestError(KVFleetError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+    def __reduce__(self) -> tuple[type[InvalidRequestError], tuple[str, str]]:
+        # Pickled across processes (a Serve replica to the router) with both arguments.
+        return InvalidRequestError, (self.field, self.message)
 
 
 class DuplicateRequestError(InvalidRequestError):
@@ -20,6 +25,10 @@ class DuplicateRequestError(InvalidRequestError):
 
     def __init__(self, request_id: str) -> None:
         super().__init__("request_id", f"request {request_id!r} is already running")
+        self.request_id = request_id
+
+    def __reduce__(self) -> tuple[type[DuplicateRequestError], tuple[str]]:  # type: ignore[override]
+        return DuplicateRequestError, (self.request_id,)
 
 
 class ModelLoadError(KVFleetError):

@@ -26,3 +26,4 @@ class RequestOutput:
     queue_time_s: float | None = None
     time_to_first_token_s: float | None = None
     error: str | None = None
+    served_by: str | None = None  # the replica's id, set on the final output when routed

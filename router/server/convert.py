@@ -80,6 +80,7 @@ def finished(output: RequestOutput) -> pb.Finished:
             time_to_first_token_s=output.time_to_first_token_s or 0.0,
         ),
         error=output.error or "",
+        replica=output.served_by or "",
     )
     if isinstance(output.stop_reason, str):
         message.stop_string = output.stop_reason

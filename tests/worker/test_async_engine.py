@@ -103,6 +103,30 @@ async def test_engine_failure_fails_every_stream_with_a_clear_error(demo_model_d
                 pass
         with pytest.raises(EngineDeadError):
             await anext(engine.generate("after", GREEDY_32))
+        with pytest.raises(EngineDeadError):
+            await engine.call(lambda e: e.load_report())
         assert not engine.alive
     finally:
         engine.shutdown()
+
+
+async def test_call_runs_between_steps_and_returns_or_raises(engine: AsyncEngine) -> None:
+    stream = engine.generate("reading state while it runs", LONG, request_id="busy")
+    await anext(stream)
+    report = await engine.call(lambda e: e.load_report())
+    assert report.num_running + report.num_waiting == 1
+    with pytest.raises(ZeroDivisionError):  # the caller's error, not the loop's
+        await engine.call(lambda e: 1 // 0)
+    assert engine.alive
+    engine.abort("busy")
+    async for _ in stream:
+        pass
+    await _wait_until_free(engine)
+    await engine.call(lambda e: e.check_integrity())
+
+
+async def test_call_after_shutdown_is_refused(demo_model_dir: Path) -> None:
+    engine = AsyncEngine(make_engine(demo_model_dir))
+    engine.shutdown()
+    with pytest.raises(EngineDeadError):
+        await engine.call(lambda e: e.load_report())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,13 @@ def test_bad_engine_config_fails_at_start_up(
     # Refused while validating, before any rank (or Ray) is started.
     with pytest.raises(ModelLoadError, match=message):
         make_engine(demo_model_dir, **overrides)
+
+
+@pytest.mark.parametrize(
+    "error", [InvalidRequestError("top_p", "must be in (0, 1]"), DuplicateRequestError("r1")]
+)
+def test_request_errors_survive_pickling(error: InvalidRequestError) -> None:
+    # Replicas raise them in another process; the router maps them by type and field.
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert (copy.field, str(copy)) == (error.field, str(error))

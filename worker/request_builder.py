@@ -1,0 +1,97 @@
+"""Validate and tokenize a request against one engine configuration, before any engine sees it.
+
+The engine runs it on every request; the router runs the same code with the same configuration,
+so a bad request is refused at the edge with the engine's own message, and replicas receive
+token ids that already passed every check.
+"""
+
+from __future__ import annotations
+
+from worker.config import EngineConfig
+from worker.errors import InvalidRequestError, ModelLoadError
+from worker.model.config import ModelConfig
+from worker.model_runner import ModelRunner
+from worker.request import Request
+from worker.sampling_params import SamplingLimits, SamplingParams
+from worker.tokenizer import Tokenizer
+
+
+def max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
+    """The longest context served: the configured one, which may not exceed the model's."""
+    if config.max_model_len is not None and config.max_model_len > model_config.max_model_len:
+        raise ModelLoadError(
+            f"{config.model}: max_model_len {config.max_model_len} exceeds the model's "
+            f"context of {model_config.max_model_len} tokens"
+        )
+    return config.max_model_len or model_config.max_model_len
+
+
+def num_kv_blocks(config: EngineConfig, model_config: ModelConfig) -> int:
+    """KV blocks per replica: ``num_kv_blocks`` if set, else what ``kv_cache_bytes`` holds."""
+    per_block = ModelRunner.kv_bytes_per_block(model_config, config.parallel, config.block_size)
+    return config.num_kv_blocks or max(1, config.kv_cache_bytes // per_block)
+
+
+class RequestBuilder:
+    """Turns (id, prompt, sampling parameters, salt) into a validated Request. It touches no
+    engine state, so any thread (or process) may call it."""
+
+    def __init__(
+        self, config: EngineConfig, model_config: ModelConfig, tokenizer: Tokenizer
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.block_size = config.block_size
+        self.vocab_size = model_config.vocab_size
+        self.max_model_len = max_model_len(config, model_config)
+        self.num_blocks = num_kv_blocks(config, model_config)
+        self.limits = SamplingLimits(
+            max_model_len=self.max_model_len,
+            vocab_size=model_config.vocab_size,
+            max_stop_strings=config.max_stop_strings,
+            max_stop_string_chars=config.max_stop_string_chars,
+            max_logprobs=config.max_logprobs,
+        )
+
+    def build(
+        self,
+        request_id: str,
+        prompt: str | list[int],
+        params: SamplingParams,
+        cache_salt: str | None = None,
+    ) -> Request:
+        """Raise InvalidRequestError naming the offending field, or return the request."""
+        token_ids = self.validate(request_id, prompt, params)
+        return Request(request_id, token_ids, params, self.block_size, cache_salt)
+
+    def validate(
+        self, request_id: str, prompt: str | list[int], params: SamplingParams
+    ) -> list[int]:
+        """Raise InvalidRequestError naming the offending field, or return the prompt's ids."""
+        if not request_id:
+            raise InvalidRequestError("request_id", "is empty")
+        if isinstance(prompt, str):
+            token_ids = self.tokenizer.encode(prompt) if prompt else []
+        else:
+            token_ids = list(prompt)
+            bad = next((t for t in token_ids if not 0 <= t < self.vocab_size), None)
+            if bad is not None:
+                raise InvalidRequestError(
+                    "prompt_token_ids",
+                    f"token id {bad} is outside the vocabulary [0, {self.vocab_size})",
+                )
+        if not token_ids:
+            raise InvalidRequestError("prompt", "is empty")
+        if len(token_ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                "prompt",
+                f"{len(token_ids)} tokens leave no room in the model's context of "
+                f"{self.max_model_len} tokens",
+            )
+        params.validate(len(token_ids), self.limits)
+        needed = -(-(len(token_ids) + params.max_tokens) // self.block_size)
+        if needed > self.num_blocks:
+            raise InvalidRequestError(
+                "max_tokens",
+                f"prompt plus max_tokens need {needed} KV blocks; the cache has {self.num_blocks}",
+            )
+        return token_ids
