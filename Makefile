@@ -7,9 +7,15 @@ DEMO_MODEL := .kvfleet/demo-tiny
 PROMPT ?= The scheduler gives each running request one token per step, then
 MAX_TOKENS ?= 48
 
-.PHONY: demo test lint unit venv
+.PHONY: demo test lint unit venv redis-server
 
 venv: $(STAMP)
+
+# Tests and `kvfleet up` start a real redis-server on a loopback port; Debian's package is enough.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
 
 # torch first, pinned, so pip takes the local CPU wheel instead of the CUDA build.
 $(STAMP): pyproject.toml
@@ -22,15 +28,19 @@ $(STAMP): pyproject.toml
 $(DEMO_MODEL)/config.json: | $(STAMP)
 	$(VENV)/bin/kvfleet demo-model $(DEMO_MODEL) --preset tiny --seed 0
 
-demo: $(STAMP) $(DEMO_MODEL)/config.json
-	$(VENV)/bin/kvfleet generate --model $(DEMO_MODEL) --max-tokens $(MAX_TOKENS) "$(PROMPT)"
+# Up (Redis, local Ray, 2 Serve replicas, the gRPC router on :50051), one streamed Generate,
+# down again, whether or not the generation succeeded.
+demo: $(STAMP) redis-server $(DEMO_MODEL)/config.json
+	$(VENV)/bin/kvfleet up --model $(DEMO_MODEL) --replicas 2
+	$(VENV)/bin/kvfleet generate --max-tokens $(MAX_TOKENS) "$(PROMPT)"; \
+		status=$$?; $(VENV)/bin/kvfleet down; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) redis-server
 	$(PY) -m pytest -q
 
 test: lint unit
