@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cluster import generate
+from cluster import generate, router_process, supervisor, up
 from cluster.demo_model import PRESETS, write_demo_model
 from worker.errors import KVFleetError
 
@@ -29,9 +29,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo_model)
 
-    gen = commands.add_parser("generate", help="stream one completion from a local engine")
+    start = commands.add_parser(
+        "up", help="start Redis, a local Ray, N replicas and the gRPC router in the background"
+    )
+    supervisor.add_arguments(start)
+    start.set_defaults(run=up.up)
+
+    stop = commands.add_parser("down", help="stop what `kvfleet up` started")
+    stop.add_argument("--run-dir", type=Path, default=Path(".kvfleet/run"))
+    stop.set_defaults(run=up.down)
+
+    gen = commands.add_parser("generate", help="stream one completion from a running router")
     generate.add_arguments(gen)
     gen.set_defaults(run=generate.run)
+
+    attach = commands.add_parser(
+        "router", help="run one more gRPC router for a running fleet (foreground)"
+    )
+    attach.add_argument("--ray-address", required=True, help="the fleet's Ray GCS address")
+    attach.add_argument("--app-name", default="kvfleet")
+    attach.add_argument("--host", default="127.0.0.1")
+    attach.add_argument("--port", type=int, default=50052)
+    attach.set_defaults(run=router_process.run)
     return parser
 
 
@@ -40,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
-    except (KVFleetError, ValueError) as exc:
+    except (KVFleetError, ValueError, up.FleetError) as exc:
         parser.exit(2, f"kvfleet {args.command}: error: {exc}\n")
     return code
 

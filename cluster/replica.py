@@ -1,0 +1,128 @@
+"""One Serve replica: an engine whose outputs stream back through Serve handles, which reports
+its load for routing and publishes its KV events for the routers' indexes."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any, cast
+
+import ray
+import torch
+from ray import serve
+
+from cluster.kv_publisher import KVEventPublisher
+from router.kv_wire import StreamKeys
+from router.server.backend import GenerationRequest
+from worker.async_engine import AsyncEngine
+from worker.config import EngineConfig
+from worker.engine import Engine
+from worker.kv_events import KVEvent
+from worker.load_report import LoadReport
+from worker.outputs import RequestOutput
+
+
+@dataclass(frozen=True, slots=True)
+class KVState:
+    """What a replica's KV cache holds, for operators and tests."""
+
+    num_blocks: int
+    num_free_blocks: int
+    num_unfinished: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pinned:
+    """The first argument of a call meant for one replica (an operator's or a test's query):
+    the request router sends it there and nowhere else."""
+
+    replica_id: str
+
+
+def replica_ids(app_name: str, deployment: str) -> list[str]:
+    """The ids of the deployment's live replicas, from the Serve replica actors' names."""
+    prefix = f"SERVE_REPLICA::{app_name}#{deployment}#"
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(a["name"].removeprefix(prefix) for a in actors if a["name"].startswith(prefix))
+
+
+class EngineReplica:
+    """The body of the Serve deployment (cluster/app.py wraps it). Its ``replica_id`` is Serve's
+    unique replica id, the same one the request router sees, so events, load and routing
+    decisions all name a replica the same way."""
+
+    def __init__(
+        self,
+        engine_config: EngineConfig,
+        redis_url: str | None = None,
+        namespace: str = "kvfleet",
+        torch_threads: int | None = None,
+    ) -> None:
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.engine = AsyncEngine(Engine(engine_config))
+        self._stats_seq = 0
+        self.publisher: KVEventPublisher | None = None
+        if redis_url is not None:  # Serve runs constructors on the replica's event loop
+            self.publisher = KVEventPublisher(
+                redis_url, StreamKeys(namespace), self.replica_id, self._drain_kv_events
+            )
+            self.publisher.start()
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
+        """The request's outputs until its final one, which names this replica. Cancelling the
+        Serve call (the client went away, a deadline passed) aborts the engine request."""
+        stream = cast(
+            AsyncGenerator[RequestOutput, None],
+            self.engine.generate(
+                request.prompt, request.params, request.request_id, request.cache_salt
+            ),
+        )
+        async with aclosing(stream):
+            async for output in stream:
+                if output.finished:
+                    output = dataclasses.replace(output, served_by=self.replica_id)
+                yield output
+
+    async def record_routing_stats(self) -> dict[str, Any]:
+        """Serve polls this and hands the result to every router's RequestRouter: the load
+        report, when it was taken, and a counter so a router folds each report in once."""
+        report = await self.engine.call(lambda engine: engine.load_report())
+        self._stats_seq += 1
+        return {"seq": self._stats_seq, "time": time.time(), "load": dataclasses.asdict(report)}
+
+    async def kv_state(self, pinned: Pinned) -> KVState:
+        """Checks the block pool's invariants, then says what it holds."""
+        assert pinned.replica_id == self.replica_id, "routed to the wrong replica"
+
+        def read(engine: Engine) -> KVState:
+            engine.check_integrity()
+            return KVState(
+                engine.num_blocks, engine.kv.pool.num_free, engine.scheduler.num_unfinished
+            )
+
+        return await self.engine.call(read)
+
+    def engine_config(self) -> EngineConfig:
+        """What this replica serves with: a router builds its RequestBuilder from it."""
+        return self.engine.engine.config
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; a replica whose engine stopped is replaced."""
+        if not self.engine.alive:
+            raise RuntimeError(f"replica {self.replica_id}: the engine stopped after a failure")
+
+    async def _drain_kv_events(self) -> list[KVEvent]:
+        return await self.engine.call(lambda engine: engine.drain_kv_events())
+
+    def __del__(self) -> None:  # Serve's graceful shutdown hook
+        self.engine.shutdown()
+
+
+def load_report(stats: dict[str, Any]) -> LoadReport:
+    """The LoadReport inside a replica's routing stats."""
+    return LoadReport(**stats["load"])

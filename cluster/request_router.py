@@ -1,0 +1,168 @@
+"""The routing policy plugged into Ray Serve: ``ray.serve.request_router.RequestRouter``.
+
+Serve builds one of these per deployment in every process that holds a handle to it (here, each
+gRPC router process) and calls it on that process's router event loop, the only thread that
+touches the policy. The prompt travels as the request's first argument, already tokenized
+(router/server/serve_backend.py), so the policy hashes exactly the blocks the engine will.
+
+    update_replicas        -> policy membership, KV-event subscription per replica
+    choose_replicas        -> fold fresh load reports in; policy.choose; rank the pick first,
+    choose_replicas        -> ... and policy.record it at once
+    on_request_routed      -> if Serve used another replica, move the record there
+    on_request_completed   -> policy.release: its prefill no longer counts as queued
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from collections import OrderedDict
+from typing import Any
+
+from ray.serve.request_router import (
+    PendingRequest,
+    ReplicaID,
+    ReplicaResult,
+    RequestRouter,
+    RunningReplica,
+)
+
+from cluster.replica import Pinned, load_report
+from router.kv_subscriber import KVEventSubscriber
+from router.kv_wire import StreamKeys
+from router.policy import OverloadedError, PrefixAwareRouter, RouterConfig, RoutingDecision
+from router.server.backend import GenerationRequest
+
+_MAX_UNROUTED = 10_000  # decisions awaiting on_request_routed; older ones were abandoned
+
+
+class PrefixAwareRequestRouter(RequestRouter):
+    """kvfleet's policy as a Serve request router (see the module docstring)."""
+
+    def initialize_state(
+        self,
+        block_size: int = 16,
+        redis_url: str | None = None,
+        namespace: str = "kvfleet",
+        predicted_ttl_s: float = 10.0,
+        max_index_bytes: int = 256 << 20,
+        **_: Any,
+    ) -> None:
+        config = RouterConfig(
+            block_size=block_size, predicted_ttl_s=predicted_ttl_s, max_index_bytes=max_index_bytes
+        )
+        self.policy = PrefixAwareRouter(config)
+        self.subscriber: KVEventSubscriber | None = None
+        if redis_url is not None:
+            self.subscriber = KVEventSubscriber(redis_url, StreamKeys(namespace), self.policy)
+        self._unrouted: OrderedDict[str, RoutingDecision] = OrderedDict()
+        self._stats_seen: dict[str, int] = {}
+        self._subscribing = False
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        current = {r.replica_id.unique_id for r in replicas}
+        known = set(self.policy.replica_ids)
+        for replica_id in current - known:
+            self.policy.add_replica(replica_id)
+            if self.subscriber is not None:
+                self.subscriber.watch(replica_id)
+        for replica_id in known - current:
+            if self.subscriber is not None:
+                self.subscriber.unwatch(replica_id)
+            self.policy.remove_replica(replica_id)
+            self._stats_seen.pop(replica_id, None)
+        if self.subscriber is not None and not self._subscribing:
+            self.subscriber.start()  # needs the router's event loop, which runs by now
+            self._subscribing = True
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        now = time.monotonic()
+        self._fold_load_reports(candidate_replicas, now)
+        if pending_request is None or not pending_request.args:
+            return [candidate_replicas]
+        request = pending_request.args[0]
+        if isinstance(request, Pinned):
+            return _pinned(candidate_replicas, request)
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        if not isinstance(request, GenerationRequest):
+            return [candidate_replicas]  # a call without a prompt, e.g. engine_config
+        assert isinstance(request.prompt, list), "the router sends token ids"
+        try:
+            decision = self.policy.choose(request.prompt, request.cache_salt, now=now)
+        except OverloadedError:
+            # Every replica is past its cap: queue on the least loaded rather than fail here;
+            # the gRPC layer bounds how many requests wait.
+            ranked = sorted(by_id, key=lambda r: self.policy.load(r).queued_tokens)
+            return [[by_id[r] for r in ranked]]
+        # Recorded now, not when Serve reports the request routed: Serve decides several
+        # pending requests before the first is confirmed, and each must see the ones before.
+        request_id = pending_request.metadata.internal_request_id
+        self.policy.record(decision, request_id, now=now)
+        self._unrouted[request_id] = decision
+        while len(self._unrouted) > _MAX_UNROUTED:
+            self._unrouted.popitem(last=False)
+        first = by_id.get(decision.replica_id)
+        rest = [r for r in candidate_replicas if r is not first]
+        return [[first], rest] if first is not None else [rest]
+
+    def on_request_routed(
+        self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
+    ) -> None:
+        request_id = pending_request.metadata.internal_request_id
+        decision = self._unrouted.pop(request_id, None)
+        actual = replica_id.unique_id
+        if decision is None or actual == decision.replica_id:
+            return
+        # Serve fell back to a lower rank: move the dispatch to where it went.
+        self.policy.release(decision.replica_id, request_id)
+        if actual in self.policy.replica_ids:
+            cached = {s.replica_id: s.cached_tokens for s in decision.sampled}.get(actual, 0)
+            moved = dataclasses.replace(decision, replica_id=actual, cached_tokens=cached)
+            self.policy.record(moved, request_id, now=time.monotonic())
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self.policy.release(replica_id.unique_id, internal_request_id)
+
+    def _fold_load_reports(self, replicas: list[RunningReplica], now: float) -> None:
+        for replica in replicas:
+            stats = replica.routing_stats
+            replica_id = replica.replica_id.unique_id
+            if not stats or self._stats_seen.get(replica_id) == stats["seq"]:
+                continue
+            if replica_id not in self.policy.replica_ids:
+                continue
+            self._stats_seen[replica_id] = stats["seq"]
+            # The report reflects the replica when it was taken, not when it reached us.
+            age = max(0.0, time.time() - stats["time"])
+            self.policy.on_load_report(replica_id, load_report(stats), now - age)
+
+
+class RoundRobinRequestRouter(RequestRouter):
+    """The baseline the benchmark compares against: each request to the next replica."""
+
+    def initialize_state(self, **_: Any) -> None:
+        self._turn = itertools.count()
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        first = pending_request.args[0] if pending_request and pending_request.args else None
+        if isinstance(first, Pinned):
+            return _pinned(candidate_replicas, first)
+        ordered = sorted(candidate_replicas, key=lambda r: r.replica_id.unique_id)
+        if not ordered:
+            return []
+        return [[ordered[next(self._turn) % len(ordered)]]]
+
+
+def _pinned(candidates: list[RunningReplica], pinned: Pinned) -> list[list[RunningReplica]]:
+    """Only the named replica; none (Serve waits, the caller's timeout ends it) if it is gone."""
+    return [[r for r in candidates if r.replica_id.unique_id == pinned.replica_id]]

@@ -1,0 +1,33 @@
+"""`kvfleet router`: one more gRPC router for a running fleet, in the foreground. Each router
+keeps its own index, fed by the replicas' KV events through Redis."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import ray
+
+from cluster.grpc_router import start_router
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    router = await start_router(args.app_name, args.host, args.port)
+    print(f"kvfleet router: serving {args.app_name!r} on {args.host}:{args.port}", flush=True)
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await router.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    ray.init(address=args.ray_address, log_to_driver=False)
+    try:
+        asyncio.run(_serve(args))
+    finally:
+        ray.shutdown()
+    return 0

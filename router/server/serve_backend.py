@@ -1,0 +1,167 @@
+"""A Backend over Ray Serve replicas, each request sent where the routing policy chooses.
+
+The router validates and tokenizes with the replicas' own RequestBuilder, so bad requests never
+leave this process and every replica receives token ids; the Serve handle then routes the call
+through the deployment's RequestRouter (cluster/request_router.py), which reads those ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import AsyncGenerator
+from typing import cast
+
+import ray.exceptions
+from ray import serve
+from ray.serve.exceptions import RequestCancelledError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+
+from router.policy import NoReplicaError, OverloadedError
+from router.server.backend import Backend, GenerationRequest, ModelInfo
+from worker.errors import (
+    DuplicateRequestError,
+    InvalidRequestError,
+    KVFleetError,
+    WorkerFailedError,
+)
+from worker.outputs import RequestOutput
+from worker.request_builder import RequestBuilder
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(slots=True)
+class _InFlight:
+    response: DeploymentResponseGenerator
+    aborted: bool = False
+
+
+class ServeBackend(Backend):
+    """Requests go through ``handle`` (the engine deployment of ``app_name``). At most
+    ``max_queued_requests`` are unfinished at once (RESOURCE_EXHAUSTED beyond). Health is the
+    deployment's running-replica count, polled from Serve every ``status_period_s`` by
+    ``start()``; with none running, requests fail fast with UNAVAILABLE instead of waiting."""
+
+    def __init__(
+        self,
+        handle: DeploymentHandle,
+        requests: RequestBuilder,
+        model_name: str,
+        app_name: str,
+        max_queued_requests: int = 1024,
+        status_period_s: float = 1.0,
+    ) -> None:
+        self.handle = handle.options(stream=True)
+        self.requests = requests
+        self.model_name = model_name
+        self.app_name = app_name
+        self.max_queued_requests = max_queued_requests
+        self.status_period_s = status_period_s
+        self.num_running_replicas = 0
+        self._running: dict[str, _InFlight] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Read the replica count once, then keep it current in the background."""
+        await self._read_status()
+        self._poller = asyncio.create_task(self._poll_status())
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
+        self._check_model(request.model)
+        token_ids = self.requests.validate(request.request_id, request.prompt, request.params)
+        if not self.healthy():
+            raise NoReplicaError(f"no replica of {self.app_name!r} is running")
+        if request.request_id in self._running:
+            raise DuplicateRequestError(request.request_id)
+        if len(self._running) >= self.max_queued_requests:
+            raise OverloadedError(
+                f"{len(self._running)} requests in flight, at most {self.max_queued_requests}"
+            )
+        payload = dataclasses.replace(request, prompt=token_ids)
+        response = cast(DeploymentResponseGenerator, self.handle.generate.remote(payload))
+        call = _InFlight(response)
+        self._running[request.request_id] = call
+        finished, num_tokens = False, 0
+        try:
+            async for output in call.response:
+                finished = output.finished
+                num_tokens += len(output.token_ids)
+                yield output
+        except RequestCancelledError:
+            if not call.aborted:
+                raise
+            finished = True  # ended by Abort: say so, as the engine would have
+            yield _aborted(request.request_id, len(token_ids), num_tokens)
+        except ray.exceptions.RayError as exc:
+            raise _replica_error(exc) from None
+        finally:
+            del self._running[request.request_id]
+            if not finished:  # the caller went away or a deadline passed: stop the replica
+                call.response.cancel()
+
+    async def abort(self, request_id: str) -> bool:
+        call = self._running.get(request_id)
+        if call is None:
+            return False
+        call.aborted = True
+        call.response.cancel()
+        return True
+
+    async def tokenize(self, text: str, model: str = "") -> list[int]:
+        self._check_model(model)
+        return self.requests.tokenizer.encode(text)
+
+    async def models(self) -> list[ModelInfo]:
+        builder = self.requests
+        return [ModelInfo(self.model_name, builder.max_model_len, builder.vocab_size)]
+
+    def healthy(self) -> bool:
+        return self.num_running_replicas > 0
+
+    def _check_model(self, model: str) -> None:
+        if model and model != self.model_name:
+            raise InvalidRequestError("model", f"{model!r} is not served (try {self.model_name!r})")
+
+    async def _poll_status(self) -> None:
+        while True:
+            await asyncio.sleep(self.status_period_s)
+            try:
+                await self._read_status()
+            except Exception:  # the controller restarting, say: keep the last count
+                _log.warning("could not read Serve status", exc_info=True)
+
+    async def _read_status(self) -> None:
+        status = await asyncio.to_thread(serve.status)
+        app = status.applications.get(self.app_name)
+        deployment = app.deployments.get(self.handle.deployment_name) if app else None
+        states = deployment.replica_states if deployment else {}
+        self.num_running_replicas = sum(n for s, n in states.items() if s == "RUNNING")
+
+
+def _replica_error(exc: ray.exceptions.RayError) -> KVFleetError:
+    """kvfleet's own error raised in the replica, or WorkerFailedError for a replica that died
+    or failed otherwise (UNAVAILABLE)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, KVFleetError):
+        return cause
+    return WorkerFailedError(f"replica failed: {exc}")
+
+
+def _aborted(request_id: str, num_prompt_tokens: int, num_output_tokens: int) -> RequestOutput:
+    return RequestOutput(
+        request_id,
+        [],
+        "",
+        None,
+        finished=True,
+        finish_reason="abort",
+        num_prompt_tokens=num_prompt_tokens,
+        num_output_tokens=num_output_tokens,
+    )

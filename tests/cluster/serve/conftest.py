@@ -1,0 +1,104 @@
+"""One real fleet for the package: a local Ray, a real redis-server, the Serve application with
+two replicas of the demo model, and the gRPC router on a loopback port, its event loop on a
+thread so tests stay synchronous."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from ray import serve
+
+from cluster.app import DEPLOYMENT, FleetConfig, deploy
+from cluster.grpc_router import RouterThread
+from cluster.redis_server import RedisServer
+from cluster.replica import KVState, Pinned, replica_ids
+from router.client import GenerationClient
+from worker.config import EngineConfig
+
+APP = "kvfleet-test"
+NUM_REPLICAS = 2
+KV_CACHE_BYTES = 16 << 20
+
+
+class Fleet:
+    """The running fleet, and what tests read from it."""
+
+    def __init__(self, config: FleetConfig, redis: RedisServer) -> None:
+        self.config = config
+        self.redis = redis
+        deploy(config)
+        self.handle = serve.get_deployment_handle(DEPLOYMENT, app_name=config.app_name)
+        self.thread = RouterThread(config.app_name, port=free_port())
+        self.router = self.thread.router
+        self.target = self.thread.target
+
+    def replica_ids(self) -> list[str]:
+        return replica_ids(self.config.app_name, DEPLOYMENT)
+
+    def kv_states(self) -> dict[str, KVState]:
+        """Every replica's KV state, integrity checked, by replica id."""
+        return {
+            replica_id: self.handle.kv_state.remote(Pinned(replica_id)).result(timeout_s=30)
+            for replica_id in self.replica_ids()
+        }
+
+    def wait_until_idle(self, timeout_s: float = 10.0) -> None:
+        """No request left on any replica and every KV block back in its pool."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = self.kv_states()
+            idle = [
+                s.num_unfinished == 0 and s.num_free_blocks == s.num_blocks for s in states.values()
+            ]
+            if all(idle):
+                return
+            assert time.monotonic() < deadline, f"requests or KV blocks still held: {states}"
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self.thread.stop()
+
+
+def _idle(state: KVState) -> bool:
+    return state.num_unfinished == 0 and state.num_free_blocks == state.num_blocks
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="package")
+def fleet(demo_model_dir: Path) -> Iterator[Fleet]:
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    redis = RedisServer()
+    redis.start()
+    config = FleetConfig(
+        engine=EngineConfig(model=demo_model_dir, kv_cache_bytes=KV_CACHE_BYTES),
+        app_name=APP,
+        num_replicas=NUM_REPLICAS,
+        redis_url=redis.url,
+        replica_cpus=0.0,
+        torch_threads=1,
+    )
+    running = Fleet(config, redis)
+    try:
+        yield running
+    finally:
+        running.close()
+        serve.shutdown()
+        ray.shutdown()
+        redis.stop()
+
+
+@pytest.fixture(scope="package")
+def client(fleet: Fleet) -> Iterator[GenerationClient]:
+    with GenerationClient(fleet.target) as client:
+        yield client

@@ -1,0 +1,74 @@
+"""`kvfleet up`, `generate` and `down` as a user runs them: real processes end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.cli import main
+from cluster.supervisor import RunState
+from cluster.up import process_alive
+from tests.cluster.serve.conftest import free_port
+
+KVFLEET = [sys.executable, "-m", "cluster.cli"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model", "/no/such/model"], "no config.json"),
+        (["--replicas", "0"], "num_replicas must be at least 1"),
+        (["--port", "0"], "--port must be in 1..65535"),
+        (["--kv-cache-mb", "0"], "--kv-cache-mb must be at least 1"),
+        (["--torch-threads", "0"], "torch_threads must be at least 1"),
+    ],
+)
+def test_bad_up_options_fail_before_anything_starts(
+    flags: list[str],
+    message: str,
+    demo_model_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["up", "--model", str(demo_model_dir), "--run-dir", str(tmp_path), *flags]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # no process was started, nothing was written
+
+
+def test_down_with_nothing_running_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["down", "--run-dir", str(tmp_path)]) == 0
+    assert "nothing is running" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
+    port, run_dir = free_port(), tmp_path / "run"
+    up = [*KVFLEET, "up", "--model", str(demo_model_dir), "--replicas", "2"]
+    up += ["--port", str(port), "--run-dir", str(run_dir), "--kv-cache-mb", "16"]
+    subprocess.run(up, check=True, timeout=300)
+    state = RunState.read(run_dir)
+    assert state is not None and state.target == f"127.0.0.1:{port}"
+    try:
+        again = subprocess.run(up, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 2 and "already up" in again.stderr
+        generate = [*KVFLEET, "generate", "--target", state.target, "--max-tokens", "8"]
+        done = subprocess.run(
+            [*generate, "--ignore-eos", "Hello fleet"], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("Hello fleet")
+        assert "[length on replica" in done.stderr and "8 generated" in done.stderr
+        bad = subprocess.run([*generate, "--top-p", "0", "x"], capture_output=True, text=True)
+        assert bad.returncode == 1 and "INVALID_ARGUMENT: sampling.top_p" in bad.stderr
+    finally:
+        subprocess.run([*KVFLEET, "down", "--run-dir", str(run_dir)], check=True, timeout=120)
+    assert RunState.read(run_dir) is None
+    assert not process_alive(state.pid)
