@@ -55,12 +55,18 @@ class RouterThread:
     """A router serving from an event loop on a thread of its own, for synchronous callers
     (tests, benchmarks) in a process connected to the Ray cluster."""
 
-    def __init__(self, app_name: str, host: str = "127.0.0.1", port: int = 50051) -> None:
+    def __init__(
+        self,
+        app_name: str,
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        max_queued_requests: int = 1024,
+    ) -> None:
         self.target = f"{host}:{port}"
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.router = self.run(start_router(app_name, host, port))
+        self.router = self.run(start_router(app_name, host, port, max_queued_requests))
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
         """Run ``coro`` on the router's loop and wait for its result."""
