@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ def up(args: argparse.Namespace) -> int:
             f"already up (pid {running.pid}, router on {running.target}); `kvfleet down` first"
         )
     fleet_config(args)  # bad options fail here, before a process starts
+    _check_port_free(args.host, args.port)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     command = [sys.executable, "-m", "cluster.supervisor", *_passthrough(args)]
@@ -65,6 +67,16 @@ def down(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     print(f"kvfleet down: stopped pid {state.pid}")
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as sock:
+        # As the gRPC server binds: connections of a previous fleet in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise FleetError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
 
 
 def _running_state(run_dir: Path) -> RunState | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,21 @@ def test_bad_up_options_fail_before_anything_starts(
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # no process was started, nothing was written
+
+
+def test_up_on_a_busy_port_fails_before_anything_starts(
+    demo_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["up", "--model", str(demo_model_dir), "--run-dir", str(tmp_path)]
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--port", str(port)])
+    assert exit_.value.code == 2
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_down_with_nothing_running_says_so(
