@@ -11,9 +11,11 @@ in bfloat16. ``python -m bench.gpu_decode [--quick]``.
   about 1,024 tokens.
 
 Each figure is measured after a warm-up run of the same shapes (Triton compiles on first use),
-between ``torch.cuda.synchronize()`` calls. Decode runs eagerly: there are no CUDA graphs yet.
+between ``torch.cuda.synchronize()`` calls. Decode steps replay the CUDA graphs the engine
+captures at start-up (worker/cuda_graphs.py); ``--eager`` measures without them.
 
-Written on a machine without a GPU, so the CUDA path has not been run by its author yet. Without
+Written on a machine without a GPU, so the CUDA path (graphs included) has not been run by its
+author yet. Without
 CUDA it says so and prints the same keys with null figures. Last line: one JSON object.
 """
 
@@ -129,7 +131,7 @@ def bench_decode(engine: Engine, batch: int, context: int, steps: int, tag: str)
     return times
 
 
-def run(quick: bool) -> dict[str, Any]:
+def run(quick: bool, eager: bool) -> dict[str, Any]:
     repeats, steps = (3, 16) if quick else (10, 64)
     with tempfile.TemporaryDirectory() as tmp:
         write_model_dir(Path(tmp))
@@ -142,6 +144,7 @@ def run(quick: bool) -> dict[str, Any]:
                 max_num_batched_tokens=PREFILL_TOKENS,
                 max_num_seqs=B32_BATCH,
                 enable_prefix_caching=False,  # every repeat must really prefill
+                enforce_eager=eager,
             )
         )
         figures: dict[str, Any] = {"prefill_mfu": bench_prefill(engine, repeats)}
@@ -159,13 +162,15 @@ def run(quick: bool) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and decode steps")
+    parser.add_argument("--eager", action="store_true", help="decode without CUDA graphs")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no GPU present: decode and prefill figures are null")
-        print(json.dumps({**dict.fromkeys(KEYS), "gpu": None}))
+        print(json.dumps({**dict.fromkeys(KEYS), "gpu": None, "cuda_graphs": None}))
         return
-    figures = run(args.quick)
-    print(json.dumps({**figures, "gpu": torch.cuda.get_device_name()}))
+    figures = run(args.quick, args.eager)
+    device = torch.cuda.get_device_name()
+    print(json.dumps({**figures, "gpu": device, "cuda_graphs": not args.eager}))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ class EngineConfig:
     ``kv_cache_bytes`` on each rank. ``max_model_len`` defaults to the model's own context.
     A replica spans tensor_parallel_size x pipeline_parallel_size ranks; ``layer_split`` sets how
     many layers each pipeline stage holds (even split if unset); ``placement`` "pack" keeps all
-    ranks on one node, "spread" only each stage's TP ranks. ``load_format`` "dummy" builds the
+    ranks on one node, "spread" only each stage's TP ranks. A single-rank replica on a GPU
+    captures CUDA graphs of decode steps of up to ``cuda_graph_max_batch`` sequences at start-up
+    (worker/cuda_graphs.py) unless ``enforce_eager``. ``load_format`` "dummy" builds the
     model from config.json alone with random weights (seeded by ``seed``), for benchmarks
     without a checkpoint.
     """
@@ -44,6 +46,8 @@ class EngineConfig:
     layer_split: tuple[int, ...] | None = None
     placement: str = "pack"
     step_timeout_s: float = 60.0
+    enforce_eager: bool = False
+    cuda_graph_max_batch: int = 128
 
     @property
     def parallel(self) -> ParallelConfig:
@@ -65,6 +69,7 @@ class EngineConfig:
             "max_stop_string_chars": self.max_stop_string_chars,
             "tensor_parallel_size": self.tensor_parallel_size,
             "pipeline_parallel_size": self.pipeline_parallel_size,
+            "cuda_graph_max_batch": self.cuda_graph_max_batch,
         }
         if self.num_kv_blocks is not None:
             checks["num_kv_blocks"] = self.num_kv_blocks

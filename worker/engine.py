@@ -80,7 +80,11 @@ class Engine:
             model = load_model(
                 config.model, mc, state, device, load_format=config.load_format, seed=config.seed
             )
-            return LocalExecutor(ModelRunner(model, mc, num_blocks, config.block_size, state))
+            runner = ModelRunner(model, mc, num_blocks, config.block_size, state)
+            if device.type == "cuda" and not config.enforce_eager:
+                max_batch = min(config.cuda_graph_max_batch, config.max_num_seqs)
+                runner.capture_decode_graphs(self.max_model_len, max_batch)
+            return LocalExecutor(runner)
         import ray  # only multi-rank replicas need Ray
 
         from worker.executor.ray_executor import RayExecutor

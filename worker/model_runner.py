@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 
 from kernels import PagedAttentionMetadata
+from worker.cuda_graphs import DecodeGraphs
 from worker.model.config import ModelConfig
 from worker.model.llama import LlamaForCausalLM
 from worker.parallel.comm import recv_intermediate, send_intermediate
@@ -44,6 +45,19 @@ class ModelRunner:
         self.sampler = Sampler()
         self._generators: dict[str, torch.Generator] = {}
         self._pending_send: dist.Work | None = None
+        self.graphs: DecodeGraphs | None = None
+
+    def capture_decode_graphs(self, max_model_len: int, max_batch: int) -> None:
+        """Record CUDA graphs of decode steps (see worker/cuda_graphs.py); later decode steps of
+        at most ``max_batch`` sequences replay them. Single-rank replicas on a GPU only."""
+        if self.parallel.device.type != "cuda" or self.parallel.config.world_size != 1:
+            raise ValueError("CUDA graphs need a single-rank replica on a CUDA device")
+        graphs = DecodeGraphs(
+            self.model, self.kv_caches, self.block_size, max_model_len, max_batch,
+            self.parallel.device,
+        )  # fmt: skip
+        graphs.capture()
+        self.graphs = graphs
 
     @staticmethod
     def kv_bytes_per_block(config: ModelConfig, parallel: ParallelConfig, block_size: int) -> int:
@@ -61,6 +75,10 @@ class ModelRunner:
         for request_id in step.finished_ids:
             self._generators.pop(request_id, None)
         device = self.parallel.device
+        graphs = self.graphs
+        bucket = graphs.bucket_for(step) if graphs is not None else None
+        if graphs is not None and bucket is not None:
+            return self._sample(graphs.replay(step, bucket), step)
         meta = PagedAttentionMetadata(
             query_start_loc=torch.tensor(step.query_start_loc, dtype=torch.int32, device=device),
             seq_lens=torch.tensor(step.seq_lens, dtype=torch.int32, device=device),
@@ -90,6 +108,10 @@ class ModelRunner:
             self._pending_send = send_intermediate(hidden, residual, self.parallel)
             return None
         assert isinstance(out, torch.Tensor)
+        return self._sample(out, step)
+
+    def _sample(self, out: torch.Tensor, step: StepInput) -> list[SampledToken] | None:
+        device = self.parallel.device
         if not step.sampling:  # only prefill chunks that do not reach their prompt's end
             return [] if self.samples else None
         rows = torch.tensor(step.logits_rows, dtype=torch.int64, device=device)

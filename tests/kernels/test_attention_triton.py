@@ -91,3 +91,28 @@ def test_head_dim_not_a_power_of_two_is_padded(work: list[tuple[int, int]]) -> N
     out = paged_attention_triton(query, kv_cache, meta, 0.2)
     expected = reference(paged_attention_ref, query, kv_cache, meta, 0.2)
     assert_close_to(out, expected, torch.float16)
+
+
+def test_decode_launched_for_a_captured_graph_reads_true_lengths_from_the_device() -> None:
+    # A CUDA graph freezes launch sizes: decode is captured with every sequence at the longest
+    # context (host lengths) and a block table that wide; replays hold the true lengths on the
+    # device only, and a padding row of length 1 (worker/cuda_graphs.py).
+    query, kv_cache, meta = make_inputs(DECODES, 4, 2, torch.float32, HEAD_DIM)
+    capacity, n = 1024, meta.num_seqs
+    width = capacity // BLOCK_SIZE
+    table = torch.zeros((n + 1, width), dtype=torch.int32, device=meta.block_table.device)
+    table[:n, : meta.block_table.shape[1]] = meta.block_table
+    graph_meta = PagedAttentionMetadata(
+        query_start_loc=torch.arange(n + 2, dtype=torch.int32, device=DEVICE),
+        seq_lens=torch.cat([meta.seq_lens, meta.seq_lens.new_ones(1)]),
+        block_table=table,
+        slot_mapping=torch.cat([meta.slot_mapping, meta.slot_mapping.new_full((1,), -1)]),
+        query_lens_host=[1] * (n + 1),
+        seq_lens_host=[capacity] * (n + 1),
+        block_size=BLOCK_SIZE,
+    )
+    padded_query = torch.cat([query, query[:1]])
+    assert choose_num_splits(n + 1, 2, capacity, DEVICE) > 1
+    out = paged_attention_triton(padded_query, kv_cache, graph_meta, 0.2)
+    expected = reference(paged_attention_ref, query, kv_cache, meta, 0.2)
+    assert_close_to(out[:n], expected, torch.float32)
