@@ -89,10 +89,10 @@ class PrefixAwareRequestRouter(RequestRouter):
         request = pending_request.args[0]
         if isinstance(request, Pinned):
             return _pinned(candidate_replicas, request)
-        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         if not isinstance(request, GenerationRequest):
             return [candidate_replicas]  # a call without a prompt, e.g. engine_config
         assert isinstance(request.prompt, list), "the router sends token ids"
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         try:
             decision = self.policy.choose(request.prompt, request.cache_salt, now=now)
         except OverloadedError:
