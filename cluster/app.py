@@ -10,6 +10,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.deployment import Application
 from ray.serve.handle import DeploymentHandle
+from redis.connection import parse_url
 
 from cluster.replica import EngineReplica
 from worker.config import EngineConfig
@@ -53,6 +54,11 @@ class FleetConfig:
             raise ValueError(
                 f"max_ongoing_requests must be at least 1, got {self.max_ongoing_requests}"
             )
+        if self.redis_url is not None:
+            try:
+                parse_url(self.redis_url)
+            except ValueError as exc:
+                raise ValueError(f"redis_url {self.redis_url!r}: {exc}") from None
         if not self.stats_period_s > 0:
             raise ValueError(f"stats_period_s must be > 0, got {self.stats_period_s}")
 

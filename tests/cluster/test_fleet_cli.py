@@ -25,6 +25,7 @@ KVFLEET = [sys.executable, "-m", "cluster.cli"]
         (["--port", "0"], "--port must be in 1..65535"),
         (["--kv-cache-mb", "0"], "--kv-cache-mb must be at least 1"),
         (["--torch-threads", "0"], "torch_threads must be at least 1"),
+        (["--redis-url", "localhost:6379"], "redis_url 'localhost:6379': Redis URL must specify"),
     ],
 )
 def test_bad_up_options_fail_before_anything_starts(
@@ -55,6 +56,19 @@ def test_up_on_a_busy_port_fails_before_anything_starts(
     assert exit_.value.code == 2
     assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [("nowhere", "--ray-address must be HOST:PORT"), ("127.0.0.1:1", "no Ray cluster answers")],
+)
+def test_router_without_a_cluster_says_so_at_once(
+    address: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["router", "--ray-address", address])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_down_with_nothing_running_says_so(
