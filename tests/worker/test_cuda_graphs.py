@@ -91,11 +91,12 @@ def _fields(step: StepInput) -> dict[str, object]:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_graph_decode_gives_the_tokens_of_eager_decode(demo_model_dir: Path, dtype: str) -> None:
+def test_graph_decode_gives_the_tokens_of_eager_decode(demo_model_dir: Path) -> None:
+    # fp32: padding 5 rows to a bucket of 8 may change cuBLAS's kernel, and in bf16 the demo
+    # model's random-weight logits have near-ties that rounding alone can flip.
     prompts: dict[str, list[int] | str] = {f"r{i}": f"Request number {i} says" for i in range(5)}
-    graphed = make_engine(demo_model_dir, dtype=dtype)
+    graphed = make_engine(demo_model_dir)
     assert graphed.executor.runner.graphs is not None  # type: ignore[attr-defined]
-    eager = make_engine(demo_model_dir, dtype=dtype, enforce_eager=True)
+    eager = make_engine(demo_model_dir, enforce_eager=True)
     got, want = run_all(graphed, prompts, GREEDY_32), run_all(eager, prompts, GREEDY_32)
     assert {r: tokens_of(o) for r, o in got.items()} == {r: tokens_of(o) for r, o in want.items()}
