@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,8 +20,8 @@ from router.kv_wire import (
     StreamKeys,
     encode_events,
     encode_snapshot,
-    redis_client,
 )
+from router.redis_loop import RedisLoop
 from worker.kv_events import KVEvent
 
 _log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ class PublisherStats:
     reconnects: int = 0  # times Redis answered again after a failure
 
 
-class KVEventPublisher:
+class KVEventPublisher(RedisLoop):
     """Drains a replica's KV events every ``period_s``, folds them into the replica's own
     snapshot (the truth), and publishes both to Redis:
 
@@ -48,7 +47,8 @@ class KVEventPublisher:
 
     The snapshot is rewritten every ``snapshot_period_s`` when something changed, right after
     each (re)connection, and when found missing (a restart the client did not notice). Both keys
-    expire ``ttl_s`` after their last write or refresh, so a dead replica's keys go away.
+    expire ``ttl_s`` after their last write or refresh, so a dead replica's keys go away; ``close``
+    deletes nothing, since routers may still read the snapshot.
 
     Redis never stops the draining, which the engine's bounded event log needs: while Redis is
     unreachable, batches are still drained and folded in but dropped instead of sent (the next
@@ -71,9 +71,9 @@ class KVEventPublisher:
     ) -> None:
         if snapshot_period_s >= ttl_s:
             raise ValueError(f"snapshot_period_s {snapshot_period_s} must be below ttl_s {ttl_s}")
+        super().__init__(redis_url, f"kv-publisher-{replica_id}")
         self.replica_id = replica_id
         self.stats = PublisherStats()
-        self._redis = redis_client(redis_url)
         self._stream, self._snapshot_key = keys.events(replica_id), keys.snapshot(replica_id)
         self._drain = drain
         self._period_s, self._snapshot_period_s = period_s, snapshot_period_s
@@ -85,35 +85,14 @@ class KVEventPublisher:
         self._down = False
         self._retry_at = 0.0
         self._backoff_s = period_s
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
 
     def snapshot(self) -> KVSnapshot:
         """What the replica holds as of the last drain: what routers must converge to."""
         return self._builder.snapshot()
 
-    def start(self) -> None:
-        name = f"kv-publisher-{self.replica_id}"
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
-
-    async def close(self) -> None:
-        """Stop publishing. Nothing is deleted: routers may still read the snapshot, and the
-        keys expire on their own. Re-raises what stopped the task, if anything did."""
-        self._closing = True  # stops the loop even if the cancel below is lost (see _run)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._redis.aclose()
-
-    async def _run(self) -> None:
-        # Not `while True`: on Python 3.11, asyncio.wait_for (which redis-py wraps around socket
-        # writes) swallows a cancellation that lands as the write completes; close() would wait
-        # forever on a loop that goes on.
-        while not self._closing:
-            await self._tick(time.monotonic())
-            await asyncio.sleep(self._period_s)
+    async def _step(self) -> None:
+        await self._tick(time.monotonic())
+        await asyncio.sleep(self._period_s)
 
     async def _tick(self, now: float) -> None:
         events = await self._drain()

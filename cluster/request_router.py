@@ -58,7 +58,6 @@ class PrefixAwareRequestRouter(RequestRouter):
             self.subscriber = KVEventSubscriber(redis_url, StreamKeys(namespace), self.policy)
         self._unrouted: OrderedDict[str, RoutingDecision] = OrderedDict()
         self._stats_seen: dict[str, int] = {}
-        self._subscribing = False
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -73,9 +72,8 @@ class PrefixAwareRequestRouter(RequestRouter):
                 self.subscriber.unwatch(replica_id)
             self.policy.remove_replica(replica_id)
             self._stats_seen.pop(replica_id, None)
-        if self.subscriber is not None and not self._subscribing:
+        if self.subscriber is not None:
             self.subscriber.start()  # needs the router's event loop, which runs by now
-            self._subscribing = True
 
     async def choose_replicas(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,9 +19,9 @@ from router.kv_wire import (
     StreamKeys,
     decode_events,
     decode_snapshot,
-    redis_client,
 )
 from router.policy import PrefixAwareRouter
+from router.redis_loop import RedisLoop
 
 _log = logging.getLogger(__name__)
 _BLOCK_MS = 100  # one XREAD waits this long for news; also the delay before a new watch starts
@@ -58,7 +57,7 @@ class _Watch:
     resync: _Resync | None = None
 
 
-class KVEventSubscriber:
+class KVEventSubscriber(RedisLoop):
     """Keeps ``policy``'s index in step with the KV-event streams of the watched replicas.
 
     Membership is the owner's business, not the subscriber's: the owner calls
@@ -85,14 +84,12 @@ class KVEventSubscriber:
         policy: PrefixAwareRouter,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(redis_url, "kv-subscriber")
         self.stats = SubscriberStats()
-        self._redis = redis_client(redis_url)
         self._keys, self._policy, self._clock = keys, policy, clock
         self._watches: dict[str, _Watch] = {}
         self._down = False
         self._backoff_s = 0.1
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
 
     @property
     def watched(self) -> list[str]:
@@ -110,37 +107,20 @@ class KVEventSubscriber:
         calls ``policy.remove_replica``."""
         self._watches.pop(replica_id, None)
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="kv-subscriber")
-
-    async def close(self) -> None:
-        """Stop reading. Re-raises what stopped the task, if anything did."""
-        self._closing = True  # stops the loop even if the cancel below is lost (see _run)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._redis.aclose()
-
-    async def _run(self) -> None:
-        # Not `while True`: on Python 3.11, asyncio.wait_for (which redis-py wraps around socket
-        # writes) swallows a cancellation that lands as the write completes; close() would wait
-        # forever on a loop that goes on.
-        while not self._closing:
-            try:
-                if self._down:
-                    await self._redis.ping()
-                    self._reconnected()
-                await self._resync_due()
-                await self._read()
-                self.stats.connected = True
-            except RedisError as error:
-                if not self._down:
-                    _log.warning("KV events: Redis unreachable (%s); index kept, retrying", error)
-                self._down, self.stats.connected = True, False
-                await asyncio.sleep(self._backoff_s)
-                self._backoff_s = min(2 * self._backoff_s, _MAX_BACKOFF_S)
+    async def _step(self) -> None:
+        try:
+            if self._down:
+                await self._redis.ping()
+                self._reconnected()
+            await self._resync_due()
+            await self._read()
+            self.stats.connected = True
+        except RedisError as error:
+            if not self._down:
+                _log.warning("KV events: Redis unreachable (%s); index kept, retrying", error)
+            self._down, self.stats.connected = True, False
+            await asyncio.sleep(self._backoff_s)
+            self._backoff_s = min(2 * self._backoff_s, _MAX_BACKOFF_S)
 
     def _reconnected(self) -> None:
         # Redis may have restarted empty: the stream ids we hold may mean nothing any more.
