@@ -4,7 +4,7 @@ chosen by the routing policy later."""
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Collection
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import cast
@@ -63,6 +63,20 @@ class Backend(abc.ABC):
         """Whether a request sent now can be served."""
 
 
+def check_model(model: str, served: str) -> None:
+    """An empty name means the only served model; any other must be it."""
+    if model and model != served:
+        raise InvalidRequestError("model", f"{model!r} is not served (try {served!r})")
+
+
+def check_admission(request_id: str, running: Collection[str], max_queued: int) -> None:
+    """Refuse a request id already running here, or one more request than ``max_queued``."""
+    if request_id in running:
+        raise DuplicateRequestError(request_id)
+    if len(running) >= max_queued:
+        raise OverloadedError(f"{len(running)} requests in flight, at most {max_queued}")
+
+
 class LocalBackend(Backend):
     """One AsyncEngine in this process. At most ``max_queued_requests`` requests are admitted and
     unfinished at once; beyond that ``generate`` raises OverloadedError instead of letting the
@@ -77,15 +91,10 @@ class LocalBackend(Backend):
         self._running: set[str] = set()
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
-        self._check_model(request.model)
+        check_model(request.model, self.model_name)
         if not self.engine.alive:  # a dead engine is never restarted in place
             raise NoReplicaError("the engine stopped after a failure")
-        if request.request_id in self._running:
-            raise DuplicateRequestError(request.request_id)
-        if len(self._running) >= self.max_queued_requests:
-            raise OverloadedError(
-                f"{len(self._running)} requests in flight, at most {self.max_queued_requests}"
-            )
+        check_admission(request.request_id, self._running, self.max_queued_requests)
         self._running.add(request.request_id)
         # AsyncEngine.generate is an async generator; typed as an iterator, it hides aclose.
         stream = cast(
@@ -108,7 +117,7 @@ class LocalBackend(Backend):
         return True
 
     async def tokenize(self, text: str, model: str = "") -> list[int]:
-        self._check_model(model)
+        check_model(model, self.model_name)
         return self.engine.engine.tokenizer.encode(text)
 
     async def models(self) -> list[ModelInfo]:
@@ -117,7 +126,3 @@ class LocalBackend(Backend):
 
     def healthy(self) -> bool:
         return self.engine.alive
-
-    def _check_model(self, model: str) -> None:
-        if model and model != self.model_name:
-            raise InvalidRequestError("model", f"{model!r} is not served (try {self.model_name!r})")

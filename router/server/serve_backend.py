@@ -18,11 +18,15 @@ from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from router.policy import NoReplicaError, OverloadedError
-from router.server.backend import Backend, GenerationRequest, ModelInfo
+from router.policy import NoReplicaError
+from router.server.backend import (
+    Backend,
+    GenerationRequest,
+    ModelInfo,
+    check_admission,
+    check_model,
+)
 from worker.errors import (
-    DuplicateRequestError,
-    InvalidRequestError,
     KVFleetError,
     WorkerFailedError,
 )
@@ -74,16 +78,11 @@ class ServeBackend(Backend):
             await asyncio.gather(self._poller, return_exceptions=True)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
-        self._check_model(request.model)
+        check_model(request.model, self.model_name)
         token_ids = self.requests.validate(request.request_id, request.prompt, request.params)
         if not self.healthy():
             raise NoReplicaError(f"no replica of {self.app_name!r} is running")
-        if request.request_id in self._running:
-            raise DuplicateRequestError(request.request_id)
-        if len(self._running) >= self.max_queued_requests:
-            raise OverloadedError(
-                f"{len(self._running)} requests in flight, at most {self.max_queued_requests}"
-            )
+        check_admission(request.request_id, self._running, self.max_queued_requests)
         payload = dataclasses.replace(request, prompt=token_ids)
         response = cast(DeploymentResponseGenerator, self.handle.generate.remote(payload))
         call = _InFlight(response)
@@ -100,7 +99,7 @@ class ServeBackend(Backend):
             finished = True  # ended by Abort: say so, as the engine would have
             yield _aborted(request.request_id, len(token_ids), num_tokens)
         except ray.exceptions.RayError as exc:
-            raise _replica_error(exc) from None
+            raise _replica_error(exc) from exc
         finally:
             del self._running[request.request_id]
             if not finished:  # the caller went away or a deadline passed: stop the replica
@@ -115,7 +114,7 @@ class ServeBackend(Backend):
         return True
 
     async def tokenize(self, text: str, model: str = "") -> list[int]:
-        self._check_model(model)
+        check_model(model, self.model_name)
         return self.requests.tokenizer.encode(text)
 
     async def models(self) -> list[ModelInfo]:
@@ -124,10 +123,6 @@ class ServeBackend(Backend):
 
     def healthy(self) -> bool:
         return self.num_running_replicas > 0
-
-    def _check_model(self, model: str) -> None:
-        if model and model != self.model_name:
-            raise InvalidRequestError("model", f"{model!r} is not served (try {self.model_name!r})")
 
     async def _poll_status(self) -> None:
         while True:
