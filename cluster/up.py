@@ -100,19 +100,10 @@ def process_alive(pid: int) -> bool:
 
 
 def _passthrough(args: argparse.Namespace) -> list[str]:
-    options = [
-        f"--model={args.model}",
-        f"--replicas={args.replicas}",
-        f"--host={args.host}",
-        f"--port={args.port}",
-        f"--policy={args.policy}",
-        f"--app-name={args.app_name}",
-        f"--kv-cache-mb={args.kv_cache_mb}",
-        f"--torch-threads={args.torch_threads}",
-        f"--run-dir={args.run_dir}",
+    """`kvfleet up`'s options (supervisor.add_arguments), as the supervisor's command line."""
+    cli_only = {"command", "run"}  # set by the `kvfleet` parser itself
+    return [
+        f"--{name.replace('_', '-')}={value}"
+        for name, value in vars(args).items()
+        if name not in cli_only and value is not None
     ]
-    if args.redis_url is not None:
-        options.append(f"--redis-url={args.redis_url}")
-    if args.num_cpus is not None:
-        options.append(f"--num-cpus={args.num_cpus}")
-    return options
