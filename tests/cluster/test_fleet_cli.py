@@ -12,7 +12,7 @@ import pytest
 from cluster.cli import main
 from cluster.supervisor import RunState
 from cluster.up import process_alive
-from tests.cluster.serve.conftest import free_port
+from tests.net import free_port
 
 KVFLEET = [sys.executable, "-m", "cluster.cli"]
 

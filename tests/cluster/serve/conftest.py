@@ -4,7 +4,6 @@ thread so tests stay synchronous."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from cluster.grpc_router import RouterThread
 from cluster.redis_server import RedisServer
 from cluster.replica import KVState, Pinned, replica_ids
 from router.client import GenerationClient
+from tests.net import free_port
 from worker.config import EngineConfig
 
 APP = "kvfleet-test"
@@ -66,13 +66,6 @@ class Fleet:
 
 def _idle(state: KVState) -> bool:
     return state.num_unfinished == 0 and state.num_free_blocks == state.num_blocks
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="package")

@@ -14,7 +14,8 @@ from router.policy import NoReplicaError
 from router.server.backend import GenerationRequest
 from router.server.serve_backend import ServeBackend
 from router.server.status import FIELD_TRAILER
-from tests.cluster.serve.conftest import Fleet, free_port
+from tests.cluster.serve.conftest import Fleet
+from tests.net import free_port
 from tests.router.grpc.test_api import GOOD, _bad_cases
 from worker.sampling_params import SamplingParams
 

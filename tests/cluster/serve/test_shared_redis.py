@@ -16,8 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.client import GenerationClient
 from router.kv_wire import StreamKeys
-from tests.cluster.serve.conftest import Fleet, free_port
+from tests.cluster.serve.conftest import Fleet
 from tests.cluster.serve.routing_helpers import SHORT, finish, token_prompt
+from tests.net import free_port
 
 EVENT_PROPAGATION_S = 2.0  # replica -> Redis -> the other router's index, with a wide margin
 

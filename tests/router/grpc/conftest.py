@@ -4,7 +4,6 @@ the package's tests; the server runs its own event loop on a thread so tests sta
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from router.client import GenerationClient
 from router.server import LocalBackend, serve, stop
+from tests.net import free_port
 from tests.worker.engine_helpers import make_engine
 from worker.async_engine import AsyncEngine
 from worker.engine import Engine
@@ -31,7 +31,7 @@ class RunningServer:
 
     def __init__(self, backend: LocalBackend) -> None:
         self.backend = backend
-        self.port = _free_port()
+        self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -59,13 +59,6 @@ class RunningServer:
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="package")
