@@ -57,7 +57,6 @@ class Engine:
         except ValueError as exc:
             raise ModelLoadError(f"{config.model}: {exc}") from exc
         self.requests = RequestBuilder(config, self.model_config, self.tokenizer)
-        self.max_model_len = self.requests.max_model_len
         num_blocks = self.requests.num_blocks
         torch.manual_seed(config.seed)
         self.executor = self._make_executor(num_blocks)
@@ -92,6 +91,11 @@ class Engine:
         if not ray.is_initialized():
             ray.init()  # joins RAY_ADDRESS if set, else starts a local cluster
         return RayExecutor(config, num_blocks)
+
+    @property
+    def max_model_len(self) -> int:
+        """The longest context served (the configured one, capped by the model's)."""
+        return self.requests.max_model_len
 
     @property
     def num_blocks(self) -> int:
