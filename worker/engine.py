@@ -68,7 +68,6 @@ class Engine:
         self._states: dict[str, OutputState] = {}
         self._eos_ids = frozenset(self.model_config.eos_token_ids)
         self._in_flight: deque[SchedulerOutput] = deque()
-        self._finished_ids: list[str] = []
 
     def _make_executor(self, num_blocks: int) -> Executor:
         config, mc = self.config, self.model_config
@@ -128,7 +127,7 @@ class Engine:
         state = self._states.pop(request_id, None)
         if state is None:
             return None
-        self._finish(state.request, RequestStatus.FINISHED_ABORTED)
+        self.scheduler.finish(state.request, RequestStatus.FINISHED_ABORTED)
         return state.take_output()
 
     def step(self) -> list[RequestOutput]:
@@ -141,10 +140,7 @@ class Engine:
             times.schedule += t1 - t0
             if not batch.scheduled:
                 break
-            step = build_step_input(
-                batch, self.kv.block_ids, self.config.block_size, self._finished_ids
-            )
-            self._finished_ids = []
+            step = build_step_input(batch, self.kv.block_ids, self.config.block_size)
             t2 = time.perf_counter()
             times.prepare += t2 - t1
             try:
@@ -177,22 +173,23 @@ class Engine:
         return max(1, -(-self.scheduler.num_unfinished // slots))
 
     def _process(self, batch: SchedulerOutput, sampled: list[SampledToken]) -> list[RequestOutput]:
-        for item in batch.scheduled:
-            if not item.request.status.finished:
-                self.kv.cache_blocks(item.request)
+        current = [item for item in batch.scheduled if item.is_current]
+        for item in current:
+            self.kv.cache_blocks(item.request)
         now = time.monotonic()
         outputs = []
-        sampling = [s.request for s in batch.scheduled if s.samples]
-        for request, token in zip(sampling, sampled, strict=True):
-            if request.status.finished:  # aborted while its batch was in flight
+        sampling = [item for item in batch.scheduled if item.samples]
+        for item, token in zip(sampling, sampled, strict=True):
+            if not item.is_current:  # aborted or preempted while its batch was in flight
                 continue
+            request = item.request
             request.append_output_token(token.token_id)
             if request.first_token_time is None:
                 request.first_token_time = now
             state = self._states[request.request_id]
             status = state.on_token(token)
             if status is not None:
-                self._finish(request, status)
+                self.scheduler.finish(request, status)
                 del self._states[request.request_id]
             outputs.append(state.take_output())
         return outputs
@@ -202,10 +199,6 @@ class Engine:
         self._in_flight.clear()
         for request_id in list(self._states):
             self.abort(request_id)
-
-    def _finish(self, request: Request, status: RequestStatus) -> None:
-        self.scheduler.finish(request, status)
-        self._finished_ids.append(request.request_id)
 
     def shutdown(self) -> None:
         self.executor.shutdown()

@@ -15,12 +15,13 @@ from worker.parallel.state import ParallelState
 from worker.sampler import SampledToken, Sampler
 from worker.step_input import StepInput
 
+_SEED_MASK = (1 << 63) - 1  # torch seeds are unsigned 64-bit; Python hashes of ints are stable
+
 
 class ModelRunner:
     """Owns this rank's model shard and its paged KV cache, one tensor per local layer:
     [2 (key, value), num_blocks, block_size, local_kv_heads, head_dim]. The first TP rank of the
-    last stage samples, keeping each seeded request's generator from step to step; the other
-    ranks return None."""
+    last stage samples; the other ranks return None."""
 
     def __init__(
         self,
@@ -43,7 +44,6 @@ class ModelRunner:
         ]
         self.samples = self.parallel.is_last_stage and self.parallel.tp_rank == 0
         self.sampler = Sampler()
-        self._generators: dict[str, torch.Generator] = {}
         self._pending_send: dist.Work | None = None
         self.graphs: DecodeGraphs | None = None
 
@@ -72,8 +72,6 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> list[SampledToken] | None:
-        for request_id in step.finished_ids:
-            self._generators.pop(request_id, None)
         device = self.parallel.device
         graphs = self.graphs
         bucket = graphs.bucket_for(step) if graphs is not None else None
@@ -122,15 +120,14 @@ class ModelRunner:
             logits.cpu(), [row.params for row in step.sampling], self._generators_for(step)
         )
 
-    def _generators_for(self, step: StepInput) -> list[torch.Generator | None]:
-        generators: list[torch.Generator | None] = []
-        for row in step.sampling:
-            seed = row.params.seed
-            if seed is None:
-                generators.append(None)
-                continue
-            generator = self._generators.get(row.request_id)
-            if generator is None:
-                generator = self._generators[row.request_id] = torch.Generator().manual_seed(seed)
-            generators.append(generator)
-        return generators
+    @staticmethod
+    def _generators_for(step: StepInput) -> list[torch.Generator | None]:
+        """A seeded row's noise depends on its seed and the position it samples, nothing else:
+        not the batch, and not how often the request was preempted and its position re-sampled.
+        """
+        return [
+            None
+            if row.params.seed is None
+            else torch.Generator().manual_seed(hash((row.params.seed, row.position)) & _SEED_MASK)
+            for row in step.sampling
+        ]

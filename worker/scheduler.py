@@ -19,12 +19,30 @@ class SchedulerConfig:
 @dataclass(slots=True)
 class ScheduledRequest:
     """``num_new_tokens`` tokens of ``request`` starting at ``start``. ``samples`` is true when
-    this chunk reaches the request's last token, so its logits pick the next one."""
+    this chunk reaches the request's last token, so its logits pick the next one.
+
+    ``epoch`` is the request's preemption count when the chunk was scheduled. With several
+    batches in flight, a request can be preempted (its blocks freed, its progress reset), even
+    re-admitted and scheduled to its end again, before an older batch that holds it returns:
+
+        batch k:    [.. A samples position n ..]          in flight
+        batch k+1:  A preempted (blocks short)             in flight
+        batch k+2:  A re-admitted, samples position n      in flight
+        k returns:  its token for A is stale: A would get position n twice
+
+    Results of a chunk apply only while ``is_current``."""
 
     request: Request
     start: int
     num_new_tokens: int
     samples: bool
+    epoch: int
+
+    @property
+    def is_current(self) -> bool:
+        """Neither finished (aborted) nor preempted since this chunk was scheduled."""
+        request = self.request
+        return not request.status.finished and request.num_preemptions == self.epoch
 
 
 @dataclass(slots=True)
@@ -120,9 +138,8 @@ class Scheduler:
         start = request.num_computed_tokens
         # Advance now, so a chunk is never scheduled twice even before its step completes.
         request.num_computed_tokens += num_new
-        return ScheduledRequest(
-            request, start, num_new, request.num_computed_tokens == request.num_tokens
-        )
+        samples = request.num_computed_tokens == request.num_tokens
+        return ScheduledRequest(request, start, num_new, samples, request.num_preemptions)
 
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)

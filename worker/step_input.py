@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from worker.sampling_params import SamplingParams
 from worker.scheduler import SchedulerOutput
@@ -11,17 +11,17 @@ from worker.scheduler import SchedulerOutput
 
 @dataclass(frozen=True, slots=True)
 class SamplingRow:
-    """A request whose next token this step picks; its seed lives with the sampling rank."""
+    """A request whose next token this step picks, at ``position`` of its sequence."""
 
     request_id: str
     params: SamplingParams
+    position: int
 
 
 @dataclass(slots=True)
 class StepInput:
-    """The flattened batch (see kernels.PagedAttentionMetadata for the layout), the rows to
-    sample, and the requests that finished since the last step (their sampler state is dropped).
-    """
+    """The flattened batch (see kernels.PagedAttentionMetadata for the layout) and the rows to
+    sample."""
 
     input_ids: list[int]
     positions: list[int]
@@ -32,14 +32,12 @@ class StepInput:
     block_table: list[list[int]]  # padded to one width with block 0
     logits_rows: list[int]
     sampling: list[SamplingRow]
-    finished_ids: list[str] = field(default_factory=list)
 
 
 def build_step_input(
     batch: SchedulerOutput,
     block_ids_of: Callable[[str], list[int]],
     block_size: int,
-    finished_ids: list[str],
 ) -> StepInput:
     bs = block_size
     input_ids: list[int] = []
@@ -65,7 +63,7 @@ def build_step_input(
         tables.append(block_ids)
         if item.samples:
             logits_rows.append(len(input_ids) - 1)
-            sampling.append(SamplingRow(request.request_id, request.params))
+            sampling.append(SamplingRow(request.request_id, request.params, end))
     width = max(len(t) for t in tables)
     return StepInput(
         input_ids=input_ids,
@@ -77,5 +75,4 @@ def build_step_input(
         block_table=[t + [0] * (width - len(t)) for t in tables],
         logits_rows=logits_rows,
         sampling=sampling,
-        finished_ids=finished_ids,
     )

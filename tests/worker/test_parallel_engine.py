@@ -13,6 +13,7 @@ import ray
 import torch
 
 from tests.worker.engine_helpers import make_engine, run_all, tokens_of
+from tests.worker.test_pipelined_preemption import STALE_ORDERINGS, generate, workload
 from worker.engine import Engine
 from worker.errors import WorkerFailedError
 from worker.sampling_params import SamplingParams
@@ -78,6 +79,28 @@ def test_parallel_replica_matches_single_rank(
                 torch.tensor(got[rid][1]), torch.tensor(logprobs), atol=1e-4, rtol=0
             )
         engine.check_integrity()
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.parametrize("pp", [2, 4])
+def test_pipelined_replica_under_preemption_matches_single_rank(
+    local_ray: None, demo_model_dir: Path, pp: int
+) -> None:
+    """So few KV blocks that requests are preempted while their batches are in flight."""
+    seed, _, num_blocks, budget = next(o for o in STALE_ORDERINGS if o[1] == 4)
+    requests = workload(seed)
+    expected = generate(make_engine(demo_model_dir), requests)
+    engine = make_engine(
+        demo_model_dir,
+        num_kv_blocks=num_blocks,
+        max_num_batched_tokens=budget,
+        pipeline_parallel_size=pp,
+    )
+    try:
+        assert engine.executor.max_in_flight == pp
+        assert generate(engine, requests) == expected  # check_integrity after every step
+        assert engine.scheduler.num_preemptions > 0
     finally:
         engine.shutdown()
 
