@@ -35,7 +35,7 @@ from cluster.demo_model import MAX_POSITIONS, DemoPreset, llama_config
 from cluster.demo_tokenizer import train_tokenizer, write_json, write_tokenizer
 from worker.config import EngineConfig
 from worker.engine import Engine
-from worker.model.config import ModelConfig
+from worker.model_config import ModelConfig
 from worker.sampling_params import SamplingParams
 
 PEAK_BF16_FLOPS = 989e12

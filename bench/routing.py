@@ -9,7 +9,7 @@ with a quarter of them (group g on replica r iff (g - r) mod R < R / 4). It pref
 tokens/s, FCFS, in 10 ms steps, then holds the request's blocks for 64 output tokens at 25 ms
 each. Events reach the routers 50 ms late; load reports go out every 100 ms and arrive 20 ms
 late; requests no replica can take wait at the router. Policies: kvfleet (router.
-PrefixAwareRouter), round-robin, least-loaded (fewest outstanding requests), and an oracle: one
+PrefixAwarePolicy), round-robin, least-loaded (fewest outstanding requests), and an oracle: one
 LRU cache as big as the whole cluster, warmed with every group, taking the requests in order.
 Hit rate = prompt tokens found cached when a replica admitted the request / prompt tokens. The
 unique-prompt workload has the same sizes and no shared prefix. The hot_* runs repeat the
@@ -58,7 +58,7 @@ from bench.routing_sim import (
     oracle_hit_rate,
     simulate,
 )
-from router import PrefixAwareRouter, PrefixIndex, RouterConfig
+from router import PrefixAwarePolicy, PrefixIndex, RouterConfig
 from worker.block_hash import extend_block_hashes
 from worker.kv_cache_manager import KVCacheManager
 from worker.kv_events import BlockStored
@@ -136,7 +136,7 @@ def decision_latency(scale: Scale) -> dict[str, float]:
     """choose() on 4,096-token prompts with 16 replicas whose caches the index knows from their
     events: a third fully cached somewhere, a third sharing half, a third unique."""
     rng = random.Random(16)
-    router = PrefixAwareRouter(RouterConfig(seed=0))
+    router = PrefixAwarePolicy(RouterConfig(seed=0))
     held = []
     for r in range(16):
         router.add_replica(str(r))

@@ -26,7 +26,7 @@ from ray import serve
 
 from cluster.app import FleetConfig, deploy
 from cluster.demo_model import write_demo_model
-from cluster.grpc_router import RouterThread
+from cluster.front_door import FrontDoorThread
 from cluster.redis_server import RedisServer
 from router.client import GenerationClient
 from worker.config import EngineConfig
@@ -97,7 +97,7 @@ def run_policy(policy: str, model: Path, redis_url: str, scale: E2EScale) -> Out
         torch_threads=1,
     )
     deploy(config)
-    router = RouterThread(config.app_name, port=PORT)
+    router = FrontDoorThread(config.app_name, port=PORT)
     try:
         with GenerationClient(router.target) as client:
             results = _closed_loop(client, prompts(scale), scale)

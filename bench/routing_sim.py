@@ -7,7 +7,8 @@ import random
 import statistics
 from collections import deque
 
-from router import OverloadedError, PrefixAwareRouter, RouterConfig
+from router import PrefixAwarePolicy, RouterConfig
+from worker.errors import OverloadedError
 from worker.kv_cache_manager import KVCacheManager
 from worker.kv_events import KVEvent
 from worker.load_report import LoadReport
@@ -35,12 +36,14 @@ class SimReplica:
         self.decoding: deque[tuple[float, Request]] = deque()
         self.served = self.hit_tokens = self.prompt_tokens = 0
 
-    def warm(self, tokens: list[int]) -> None:
-        request = Request("warm", tokens, PARAMS, BLOCK)
-        assert self.kv.allocate_slots(request, len(tokens))
-        request.num_computed_tokens = len(tokens)
+    def prefill_at_once(self, request: Request) -> int:
+        """Admit, compute, cache and free a whole prompt at once; its cache-hit tokens."""
+        assert self.kv.admit(request, request.num_tokens) is not None
+        hit_tokens = request.num_computed_tokens
+        request.num_computed_tokens = request.num_tokens
         self.kv.cache_blocks(request)
         self.kv.free(request)
+        return hit_tokens
 
     def submit(self, request: Request) -> None:
         self.waiting.append(request)
@@ -71,14 +74,12 @@ class SimReplica:
         if not self.waiting:
             return False
         request = self.waiting[0]
-        hits = self.kv.get_computed_blocks(request)
-        cached = len(hits) * BLOCK
-        if not self.kv.allocate_slots(request, request.num_tokens - cached + OUTPUT, hits):
+        # The whole prompt and the output's blocks at once: this model prefills one request at
+        # a time, then decodes it without growing.
+        if self.kv.admit(request, request.num_tokens, lookahead_tokens=OUTPUT) is None:
             return False  # wait for decodes to free blocks
         self.waiting.popleft()
-        request.num_computed_tokens = cached
-        self.kv.record_lookup(request.num_tokens, cached)  # as the engine's scheduler does
-        self.hit_tokens += cached
+        self.hit_tokens += request.num_computed_tokens
         self.prompt_tokens += request.num_tokens
         self.prefilling = request
         return True
@@ -87,14 +88,9 @@ class SimReplica:
     def busy(self) -> bool:
         return bool(self.waiting or self.prefilling or self.decoding)
 
-    def report(self) -> LoadReport:  # what worker.engine.Engine.load_report computes
-        pool = self.kv.pool
+    def report(self) -> LoadReport:
         running = len(self.decoding) + (self.prefilling is not None)
-        waiting_tokens = sum(  # net of cached prefixes, as the engine reports
-            r.num_tokens - len(self.kv.get_computed_blocks(r)) * BLOCK for r in self.waiting
-        )
-        return LoadReport(len(self.waiting), waiting_tokens, running, pool.usage(), pool.num_free,
-                          self.kv.prefix_queries, self.kv.prefix_hits)  # fmt: skip
+        return self.kv.load_report(self.waiting, running)
 
 
 class Policy:
@@ -123,13 +119,13 @@ class Kvfleet(Policy):
     def __init__(self, replicas: int, routers: int, seed: int) -> None:
         # The fleet's report lag is known here; an operator configures it the same way.
         self.routers = [
-            PrefixAwareRouter(RouterConfig(seed=seed + i, report_lag_s=REPORT_LAG_S + STEP_S))
+            PrefixAwarePolicy(RouterConfig(seed=seed + i, report_lag_s=REPORT_LAG_S + STEP_S))
             for i in range(routers)
         ]
         for router in self.routers:
             for r in range(replicas):
                 router.add_replica(str(r), prefill_tokens_per_s=PREFILL_RATE)
-        self.owner: dict[str, PrefixAwareRouter] = {}
+        self.owner: dict[str, PrefixAwarePolicy] = {}
         self.count = 0
 
     def route(self, request_id: str, tokens: list[int], now: float) -> int:
@@ -196,7 +192,7 @@ def simulate(
     for r, replica in enumerate(fleet):
         for g, system in enumerate(systems):
             if holds(g, r, replicas):
-                replica.warm(system)
+                replica.prefill_at_once(Request("warm", system, PARAMS, BLOCK))
         policy.on_events(r, replica.kv.pool.events.drain(), 0.0)
     rng = random.Random(seed)
     arrivals: deque[tuple[float, int]] = deque()
@@ -254,14 +250,8 @@ def oracle_hit_rate(prompts: list[list[int]], systems: list[list[int]], replicas
     """One LRU prefix cache as big as the whole cluster, warmed with every group."""
     cache = SimReplica(replicas * replica_blocks(len(systems)))
     for system in systems:
-        cache.warm(system)
-    hits = total = 0
-    for i, tokens in enumerate(prompts):
-        request = Request(f"o{i}", tokens, PARAMS, BLOCK)
-        found = cache.kv.get_computed_blocks(request)
-        assert cache.kv.allocate_slots(request, len(tokens) - len(found) * BLOCK, found)
-        request.num_computed_tokens = len(tokens)
-        cache.kv.cache_blocks(request)
-        cache.kv.free(request)
-        hits, total = hits + len(found) * BLOCK, total + len(tokens)
-    return hits / total
+        cache.prefill_at_once(Request("warm", system, PARAMS, BLOCK))
+    hits = sum(
+        cache.prefill_at_once(Request(f"o{i}", p, PARAMS, BLOCK)) for i, p in enumerate(prompts)
+    )
+    return hits / sum(len(p) for p in prompts)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cluster import generate, router_process, supervisor, up
+from cluster import generate, local_server, router_process, supervisor, up
 from cluster.demo_model import PRESETS, write_demo_model
 from worker.errors import KVFleetError
 
@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     stop = commands.add_parser("down", help="stop what `kvfleet up` started")
     stop.add_argument("--run-dir", type=Path, default=Path(".kvfleet/run"))
     stop.set_defaults(run=up.down)
+
+    single = commands.add_parser(
+        "serve", help="serve one model in this process on the gRPC API (foreground, no Ray)"
+    )
+    local_server.add_arguments(single)
+    single.set_defaults(run=local_server.run)
 
     gen = commands.add_parser("generate", help="stream one completion from a running router")
     generate.add_arguments(gen)

@@ -12,17 +12,16 @@ from typing import cast
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
-from router.event_feed import KVSnapshot, SnapshotBuilder
-from router.kv_wire import (
+from router.kv_bus import (
     EVENTS_FIELD,
     NO_STREAM_ID,
     PublishedSnapshot,
+    RedisLoop,
     StreamKeys,
     encode_events,
     encode_snapshot,
 )
-from router.redis_loop import RedisLoop
-from worker.kv_events import KVEvent
+from worker.kv_events import KVEvent, KVSnapshot, SnapshotBuilder
 
 _log = logging.getLogger(__name__)
 _MAX_BACKOFF_S = 2.0

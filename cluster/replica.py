@@ -15,14 +15,13 @@ import torch
 from ray import serve
 
 from cluster.kv_publisher import KVEventPublisher
-from router.kv_wire import StreamKeys
-from router.server.backend import GenerationRequest
+from router.kv_bus import StreamKeys
 from worker.async_engine import AsyncEngine
 from worker.config import EngineConfig
 from worker.engine import Engine
 from worker.kv_events import KVEvent
 from worker.load_report import LoadReport
-from worker.outputs import RequestOutput
+from worker.messages import GenerationRequest, RequestOutput
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +75,7 @@ class EngineReplica:
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         """The request's outputs until its final one, which names this replica. Cancelling the
         Serve call (the client went away, a deadline passed) aborts the engine request."""
-        stream = cast(
-            AsyncGenerator[RequestOutput, None],
-            self.engine.generate(
-                request.prompt, request.params, request.request_id, request.cache_salt
-            ),
-        )
+        stream = cast(AsyncGenerator[RequestOutput, None], self.engine.generate(request))
         async with aclosing(stream):
             async for output in stream:
                 if output.finished:

@@ -29,10 +29,11 @@ from ray.serve.request_router import (
 )
 
 from cluster.replica import Pinned, load_report
+from router.kv_bus import StreamKeys
 from router.kv_subscriber import KVEventSubscriber
-from router.kv_wire import StreamKeys
-from router.policy import OverloadedError, PrefixAwareRouter, RouterConfig, RoutingDecision
-from router.server.backend import GenerationRequest
+from router.policy import PrefixAwarePolicy, RouterConfig, RoutingDecision
+from worker.errors import OverloadedError
+from worker.messages import GenerationRequest
 
 _MAX_UNROUTED = 10_000  # decisions awaiting on_request_routed; older ones were abandoned
 
@@ -52,7 +53,7 @@ class PrefixAwareRequestRouter(RequestRouter):
         config = RouterConfig(
             block_size=block_size, predicted_ttl_s=predicted_ttl_s, max_index_bytes=max_index_bytes
         )
-        self.policy = PrefixAwareRouter(config)
+        self.policy = PrefixAwarePolicy(config)
         self.subscriber: KVEventSubscriber | None = None
         if redis_url is not None:
             self.subscriber = KVEventSubscriber(redis_url, StreamKeys(namespace), self.policy)
@@ -89,10 +90,9 @@ class PrefixAwareRequestRouter(RequestRouter):
             return _pinned(candidate_replicas, request)
         if not isinstance(request, GenerationRequest):
             return [candidate_replicas]  # a call without a prompt, e.g. engine_config
-        assert isinstance(request.prompt, list), "the router sends token ids"
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         try:
-            decision = self.policy.choose(request.prompt, request.cache_salt, now=now)
+            decision = self.policy.choose(request.prompt_token_ids, request.cache_salt, now=now)
         except OverloadedError:
             # Every replica is past its cap: queue on the least loaded rather than fail here;
             # the gRPC layer bounds how many requests wait.

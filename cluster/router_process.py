@@ -10,12 +10,12 @@ import socket
 
 import ray
 
-from cluster.grpc_router import start_router
+from cluster.front_door import start_front_door
 from cluster.up import FleetError
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    router = await start_router(args.app_name, args.host, args.port)
+    router = await start_front_door(args.app_name, args.host, args.port)
     print(f"kvfleet router: serving {args.app_name!r} on {args.host}:{args.port}", flush=True)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

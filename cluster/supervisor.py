@@ -21,7 +21,7 @@ import ray
 from ray import serve
 
 from cluster.app import FleetConfig, deploy
-from cluster.grpc_router import start_router
+from cluster.front_door import start_front_door
 from cluster.redis_server import RedisServer
 from worker.config import EngineConfig
 
@@ -98,7 +98,7 @@ async def _serve(config: FleetConfig, args: argparse.Namespace) -> None:
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         deploy(config)
-        router = await start_router(config.app_name, args.host, args.port)
+        router = await start_front_door(config.app_name, args.host, args.port)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

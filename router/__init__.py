@@ -1,25 +1,16 @@
-"""gRPC front door and prefix-cache-aware routing (built on the engine; see the issues)."""
+"""The routing side, free of torch and Ray: the prefix-aware policy (cost, load, KV index),
+the KV-event bus subscriber, and the front doors (grpc_api/)."""
 
 from router.cost import CostModel
-from router.event_feed import KVSnapshot, ReplicaFeed, SnapshotBuilder
+from router.event_feed import ReplicaFeed
 from router.hashing import PromptBlocks, chain_key, root_seed
-from router.index import PrefixIndex, UnknownReplicaError
+from router.index import PrefixIndex
 from router.load import ReplicaLoad
-from router.policy import (
-    NoReplicaError,
-    OverloadedError,
-    PrefixAwareRouter,
-    ReplicaScore,
-    RouterConfig,
-    RoutingDecision,
-)
+from router.policy import PrefixAwarePolicy, ReplicaScore, RouterConfig, RoutingDecision
 
 __all__ = [
     "CostModel",
-    "KVSnapshot",
-    "NoReplicaError",
-    "OverloadedError",
-    "PrefixAwareRouter",
+    "PrefixAwarePolicy",
     "PrefixIndex",
     "PromptBlocks",
     "ReplicaFeed",
@@ -27,8 +18,6 @@ __all__ = [
     "ReplicaScore",
     "RouterConfig",
     "RoutingDecision",
-    "SnapshotBuilder",
-    "UnknownReplicaError",
     "chain_key",
     "root_seed",
 ]

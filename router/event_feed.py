@@ -1,22 +1,8 @@
-"""A replica's KV-event stream as a router consumes it: sequence numbers, gaps, snapshots."""
+"""A replica's KV-event stream as a router consumes it: sequence numbers and gaps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-
-from worker.block_hash import BlockHash
-from worker.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
-
-
-@dataclass(frozen=True, slots=True)
-class KVSnapshot:
-    """Every block a replica's prefix cache holds, and the sequence number of the first event
-    not folded into it. Blocks may come in any order; the index places a block once its parent
-    is placed, and drops the blocks whose parent is not cached (the engine cannot hit them)."""
-
-    next_seq: int
-    blocks: tuple[BlockStored, ...]
 
 
 @dataclass(slots=True)
@@ -47,25 +33,3 @@ class ReplicaFeed:
         self.next_seq = seq + 1
         self.applied += 1
         return True
-
-
-class SnapshotBuilder:
-    """Folds one replica's own events into the set of blocks it holds, to serve snapshots.
-    It runs next to the replica (it sees every event), not in the router."""
-
-    def __init__(self) -> None:
-        self._blocks: dict[BlockHash, BlockStored] = {}
-        self._next_seq = 0
-
-    def apply(self, events: Iterable[KVEvent]) -> None:
-        for event in events:
-            if isinstance(event, BlockStored):
-                self._blocks[event.block_hash] = event
-            elif isinstance(event, BlockRemoved):
-                self._blocks.pop(event.block_hash, None)
-            elif isinstance(event, AllBlocksCleared):
-                self._blocks.clear()
-            self._next_seq = event.seq + 1
-
-    def snapshot(self) -> KVSnapshot:
-        return KVSnapshot(self._next_seq, tuple(self._blocks.values()))

@@ -9,19 +9,16 @@ import numpy as np
 
 from router.block_table import BlockTable
 from router.cuckoo import BUCKET_SLOTS, CuckooTable
-from router.event_feed import KVSnapshot, ReplicaFeed
+from router.event_feed import ReplicaFeed
 from router.hashing import PromptBlocks, chain_key, engine_key, root_seed
 from worker.block_hash import extra_keys_for, hash_block
-from worker.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from worker.errors import UnknownReplicaError
+from worker.kv_events import BlockRemoved, BlockStored, KVEvent, KVSnapshot
 
 MAX_REPLICAS = 64  # one bit each in a uint64 mask
 TICKS_PER_S = 100
 _TICK_REBASE = 1 << 31
 _ENGINE_COLUMNS = {"key": np.int64}
-
-
-class UnknownReplicaError(KeyError):
-    """An event, snapshot or prediction named a replica the index was not told about."""
 
 
 class PrefixIndex:
@@ -167,11 +164,8 @@ class PrefixIndex:
                 continue
             if isinstance(event, BlockStored):
                 _count(feed, self._store(bit, event, tick))
-            elif isinstance(event, BlockRemoved):
+            else:
                 self._remove(bit, event)
-            elif isinstance(event, AllBlocksCleared):
-                self.blocks.clear_exact_bit(bit)
-                self._sync_engine_map()
 
     def apply_snapshot(self, replica_id: str, snapshot: KVSnapshot, now: float) -> None:
         """Replace the replica's exact entries by a snapshot, and resume after it."""

@@ -12,16 +12,16 @@ from typing import cast
 from redis.exceptions import RedisError
 from redis.typing import KeyT, StreamIdT
 
-from router.index import UnknownReplicaError
-from router.kv_wire import (
+from router.kv_bus import (
     EVENTS_FIELD,
     PublishedSnapshot,
+    RedisLoop,
     StreamKeys,
     decode_events,
     decode_snapshot,
 )
-from router.policy import PrefixAwareRouter
-from router.redis_loop import RedisLoop
+from router.policy import PrefixAwarePolicy
+from worker.errors import UnknownReplicaError
 
 _log = logging.getLogger(__name__)
 _BLOCK_MS = 100  # one XREAD waits this long for news; also the delay before a new watch starts
@@ -81,7 +81,7 @@ class KVEventSubscriber(RedisLoop):
         self,
         redis_url: str,
         keys: StreamKeys,
-        policy: PrefixAwareRouter,
+        policy: PrefixAwarePolicy,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(redis_url, "kv-subscriber")

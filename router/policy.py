@@ -7,11 +7,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from router.cost import CostModel
-from router.event_feed import KVSnapshot
 from router.hashing import PromptBlocks
 from router.index import PrefixIndex
 from router.load import ReplicaLoad
-from worker.kv_events import KVEvent
+from worker.errors import NoReplicaError, OverloadedError
+from worker.kv_events import KVEvent, KVSnapshot
 from worker.load_report import LoadReport
 
 
@@ -56,14 +56,6 @@ class RoutingDecision:
         return self.prompt.num_tokens - self.cached_tokens
 
 
-class NoReplicaError(RuntimeError):
-    """No replica is registered: nothing can serve (UNAVAILABLE)."""
-
-
-class OverloadedError(RuntimeError):
-    """Every replica is at its queue cap or short of KV blocks (RESOURCE_EXHAUSTED)."""
-
-
 @dataclass(slots=True)
 class _Replica:
     load: ReplicaLoad
@@ -74,7 +66,7 @@ class _Replica:
     free_blocks: int = 0
 
 
-class PrefixAwareRouter:
+class PrefixAwarePolicy:
     """The pure routing core, free of Ray and gRPC: fed KV events, snapshots and load reports,
     it picks a replica per prompt.
 

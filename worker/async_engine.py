@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import queue
@@ -14,9 +15,7 @@ from typing import Any, TypeVar
 
 from worker.engine import Engine
 from worker.errors import DuplicateRequestError, EngineDeadError, KVFleetError
-from worker.outputs import RequestOutput
-from worker.request import Request
-from worker.sampling_params import SamplingParams
+from worker.messages import GenerationRequest, RequestOutput
 
 _log = logging.getLogger(__name__)
 
@@ -25,12 +24,12 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class _Add:
-    request: Request
+    request: GenerationRequest
 
 
 @dataclass(frozen=True, slots=True)
 class _Abort:
-    request_id: str
+    engine_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +41,31 @@ class _Call:
 _Command = _Add | _Abort | _Call
 
 
+@dataclass(frozen=True, slots=True)
+class _Stream:
+    """Where one ``generate`` call's outputs go, relabelled with the caller's request id."""
+
+    request_id: str
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[RequestOutput]
+
+
 class AsyncEngine:
     """Runs the engine's step loop on a thread of its own (torch releases the GIL in its ops, so
     the event loop stays responsive) and routes each output to its request's stream. A stream
-    that is closed early (cancelled, or its consumer stops) aborts its request."""
+    that is closed early (cancelled, or its consumer stops) aborts its request.
+
+    Inside the engine each call runs under an id of its own (the caller's id and a counter), so
+    a caller may reuse an id as soon as its stream has closed: the old request's last outputs,
+    still on their way, can never reach the new stream."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
-        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[RequestOutput]]]
-        self._streams = {}
+        self._streams: dict[str, _Stream] = {}  # by engine id
+        self._engine_ids: dict[str, str] = {}  # caller's request id -> engine id
         self._lock = threading.Lock()
-        self._ids = itertools.count()
+        self._calls = itertools.count()
         self._dead: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="kvfleet-engine", daemon=True)
         self._thread.start()
@@ -63,46 +75,54 @@ class AsyncEngine:
         """False once the step loop has stopped on a failure; every later request is refused."""
         return self._dead is None
 
-    async def generate(
-        self,
-        prompt: str | list[int],
-        params: SamplingParams,
-        request_id: str | None = None,
-        cache_salt: str | None = None,
-    ) -> AsyncIterator[RequestOutput]:
-        """Validate (raising InvalidRequestError before anything is queued), then yield the
-        request's outputs until the one marked finished."""
+    @property
+    def num_running(self) -> int:
+        """Streams open now: requests queued or running."""
+        return len(self._engine_ids)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[RequestOutput]:
+        """Yield the request's outputs until the one marked finished. Raises
+        DuplicateRequestError, before anything is queued, while another stream has its id."""
         if self._dead is not None:
             raise EngineDeadError(f"engine stopped: {self._dead!r}")
-        request_id = request_id or f"req-{next(self._ids)}"
-        request = self.engine.make_request(request_id, prompt, params, cache_salt)
-        stream: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        request_id = request.request_id
+        engine_id = f"{request_id}#{next(self._calls)}"
+        stream = _Stream(request_id, asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
-            if request_id in self._streams:
+            if request_id in self._engine_ids:
                 raise DuplicateRequestError(request_id)
-            self._streams[request_id] = (asyncio.get_running_loop(), stream)
-        self._commands.put(_Add(request))
+            self._engine_ids[request_id] = engine_id
+            self._streams[engine_id] = stream
+        self._commands.put(_Add(dataclasses.replace(request, request_id=engine_id)))
         finished = False
         try:
             while not finished:
-                output = await stream.get()
+                output = await stream.queue.get()
                 finished = output.finished
                 if output.error is not None:
                     raise EngineDeadError(output.error)
-                yield output
+                yield dataclasses.replace(output, request_id=request_id)
         finally:
             if not finished:
-                self._commands.put(_Abort(request_id))
+                self._commands.put(_Abort(engine_id))
             with self._lock:
-                self._streams.pop(request_id, None)
+                del self._streams[engine_id]
+                del self._engine_ids[request_id]
 
-    def abort(self, request_id: str) -> None:
-        """Abort a request by id; its stream ends with finish_reason "abort"."""
-        self._commands.put(_Abort(request_id))
+    def abort(self, request_id: str) -> bool:
+        """Abort the running request with the caller's id ``request_id``: its stream ends with
+        finish_reason "abort". False if no stream has that id."""
+        with self._lock:
+            engine_id = self._engine_ids.get(request_id)
+        if engine_id is None:
+            return False
+        self._commands.put(_Abort(engine_id))
+        return True
 
     async def call(self, fn: Callable[[Engine], T]) -> T:
         """Run ``fn(engine)`` on the engine's thread between two steps: the safe way to read
-        engine state (a load report, KV events, integrity) while requests run."""
+        engine state (a load report, KV events, integrity) while requests run. Commands run in
+        the order they were given: an abort given before a call has been applied when it runs."""
         if self._dead is not None or not self._thread.is_alive():
             raise EngineDeadError(f"engine stopped: {self._dead!r}")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -147,23 +167,23 @@ class AsyncEngine:
             except KVFleetError as exc:
                 self._deliver([_error_output(command.request.request_id, str(exc))])
         else:
-            final = self.engine.abort(command.request_id)
+            final = self.engine.abort(command.engine_id)
             if final is not None:
                 self._deliver([final])
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         with self._lock:
             for output in outputs:
-                target = self._streams.get(output.request_id)
-                if target is not None:
-                    loop, stream = target
-                    loop.call_soon_threadsafe(stream.put_nowait, output)
+                stream = self._streams.get(output.request_id)
+                if stream is not None:
+                    stream.loop.call_soon_threadsafe(stream.queue.put_nowait, output)
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
             targets = list(self._streams.items())
-        for request_id, (loop, stream) in targets:
-            loop.call_soon_threadsafe(stream.put_nowait, _error_output(request_id, message))
+        for engine_id, stream in targets:
+            error = _error_output(engine_id, message)
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, error)
 
     def _refuse_calls(self, message: str) -> None:
         """Fail the calls still queued: nothing will run them once the loop has stopped."""

@@ -85,16 +85,6 @@ class BlockPool:
         self._cached[block_hash] = block
         self.events.stored(block_hash, parent_hash, token_ids, extra_keys)
 
-    def reset_prefix_cache(self) -> bool:
-        """Forget every cached prefix; only possible while no block is in use."""
-        if self.num_free != self.num_blocks:
-            return False
-        for block in self._cached.values():
-            block.block_hash = None
-        self._cached.clear()
-        self.events.cleared()
-        return True
-
     def _evict(self, block: KVBlock) -> None:
         if block.block_hash is None:
             return

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.model.loader import LOAD_FORMATS
-from worker.parallel.state import ParallelConfig
+from worker.model_config import DTYPE_BYTES, LOAD_FORMATS
+from worker.parallel_config import ParallelConfig
 
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DTYPES = ("auto", *DTYPE_BYTES)
 _PLACEMENTS = ("pack", "spread")
 
 
@@ -17,7 +17,9 @@ class EngineConfig:
     """How one engine serves one model directory.
 
     The KV cache gets ``num_kv_blocks`` blocks if set, else as many as fit in
-    ``kv_cache_bytes`` on each rank. ``max_model_len`` defaults to the model's own context.
+    ``kv_cache_bytes`` on each rank. ``max_model_len`` defaults to the model's own context; a
+    text prompt longer than ``max_prompt_chars`` characters (default: 16 per token of context)
+    is refused before it is tokenized.
     A replica spans tensor_parallel_size x pipeline_parallel_size ranks; ``layer_split`` sets how
     many layers each pipeline stage holds (even split if unset); ``placement`` "pack" keeps all
     ranks on one node, "spread" only each stage's TP ranks. A single-rank replica on a GPU
@@ -36,6 +38,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 128
     max_model_len: int | None = None
+    max_prompt_chars: int | None = None
     enable_prefix_caching: bool = True
     max_stop_strings: int = 16
     max_stop_string_chars: int = 256
@@ -75,6 +78,8 @@ class EngineConfig:
             checks["num_kv_blocks"] = self.num_kv_blocks
         if self.max_model_len is not None:
             checks["max_model_len"] = self.max_model_len
+        if self.max_prompt_chars is not None:
+            checks["max_prompt_chars"] = self.max_prompt_chars
         for name, value in checks.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

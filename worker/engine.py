@@ -18,11 +18,11 @@ from worker.executor import Executor, LocalExecutor
 from worker.kv_cache_manager import KVCacheManager
 from worker.kv_events import KVEvent
 from worker.load_report import LoadReport
-from worker.model.config import ModelConfig
+from worker.messages import GenerationRequest, RequestOutput
 from worker.model.loader import load_model
+from worker.model_config import ModelConfig
 from worker.model_runner import ModelRunner
 from worker.output_state import OutputState
-from worker.outputs import RequestOutput
 from worker.parallel.state import ParallelState
 from worker.request import Request, RequestStatus
 from worker.request_builder import RequestBuilder
@@ -109,17 +109,25 @@ class Engine:
         prompt: str | list[int],
         params: SamplingParams,
         cache_salt: str | None = None,
-    ) -> Request:
+    ) -> GenerationRequest:
         """Validate and tokenize; touches no engine state, so any thread may call it."""
         return self.requests.build(request_id, prompt, params, cache_salt)
 
-    def add_request(self, request: Request) -> None:
+    def add_request(self, request: GenerationRequest) -> None:
+        """Queue a validated request (see ``make_request``)."""
         if request.request_id in self._states:
             raise DuplicateRequestError(request.request_id)
-        self._states[request.request_id] = OutputState(
-            request, self.tokenizer, self._eos_ids, self.max_model_len
+        queued = Request(
+            request.request_id,
+            request.prompt_token_ids,
+            request.params,
+            self.config.block_size,
+            request.cache_salt,
         )
-        self.scheduler.add(request)
+        self._states[request.request_id] = OutputState(
+            queued, self.tokenizer, self._eos_ids, self.max_model_len
+        )
+        self.scheduler.add(queued)
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request wherever it is and free its blocks; its final output, or None if the
@@ -204,20 +212,7 @@ class Engine:
         self.executor.shutdown()
 
     def load_report(self) -> LoadReport:
-        waiting = self.scheduler.waiting
-        return LoadReport(
-            num_waiting=len(waiting),
-            # Net of what the prefix cache already holds: what prefill will really cost.
-            waiting_prefill_tokens=sum(
-                r.num_tokens - len(self.kv.get_computed_blocks(r)) * self.kv.block_size
-                for r in waiting
-            ),
-            num_running=len(self.scheduler.running),
-            kv_usage=self.kv.pool.usage(),
-            num_free_blocks=self.kv.pool.num_free,
-            prefix_queries=self.kv.prefix_queries,
-            prefix_hits=self.kv.prefix_hits,
-        )
+        return self.kv.load_report(self.scheduler.waiting, len(self.scheduler.running))
 
     def drain_kv_events(self) -> list[KVEvent]:
         return self.kv.pool.events.drain()

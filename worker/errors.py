@@ -1,4 +1,6 @@
-"""Exceptions raised at the engine's boundaries; the gRPC layer maps each to one status code."""
+"""Every error kvfleet raises on purpose, engine and router alike, under one base: the front
+doors map each kind to one status code (router/grpc_api/status.py) and treat anything else as
+a bug. Torch-free, so the router imports it."""
 
 from __future__ import annotations
 
@@ -41,3 +43,21 @@ class WorkerFailedError(KVFleetError):
 
 class EngineDeadError(KVFleetError):
     """The engine stopped after an internal failure; in-flight requests are failed with this."""
+
+
+class NoReplicaError(KVFleetError):
+    """Nothing can serve the request now: no replica is registered or running (UNAVAILABLE)."""
+
+
+class OverloadedError(KVFleetError):
+    """Every place the request could wait is full: a front door's queue cap, or every replica
+    at its queue cap or short of KV blocks (RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceededError(KVFleetError):
+    """The caller's deadline passed before the request finished; it was aborted."""
+
+
+class UnknownReplicaError(KVFleetError, KeyError):
+    """An event, snapshot or prediction named a replica the router's index was not told
+    about."""

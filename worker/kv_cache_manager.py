@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from worker.block_pool import BlockPool
 from worker.free_block_queue import KVBlock
+from worker.load_report import LoadReport
 from worker.request import Request
 
 
@@ -37,10 +38,21 @@ class KVCacheManager:
             hits.append(block)
         return hits
 
-    def record_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
-        """Count an admitted request's prefix-cache lookup in the hit-rate statistics."""
-        self.prefix_queries += num_tokens
-        self.prefix_hits += num_hit_tokens
+    def admit(self, request: Request, token_budget: int, lookahead_tokens: int = 0) -> int | None:
+        """Start a waiting request: take its cached prefix, and blocks for up to
+        ``token_budget`` of the tokens after it plus ``lookahead_tokens`` beyond those (room a
+        caller reserves ahead, such as a simulation's output). Sets ``num_computed_tokens`` to
+        the cached prefix and counts the lookup in the hit-rate statistics. Returns how many
+        tokens to compute now, or None, with nothing changed, if the pool is short."""
+        hits = self.get_computed_blocks(request)
+        cached = len(hits) * self.block_size
+        num_new = min(request.num_tokens - cached, token_budget)
+        if not self.allocate_slots(request, num_new + lookahead_tokens, hits):
+            return None
+        request.num_computed_tokens = cached
+        self.prefix_queries += request.num_tokens
+        self.prefix_hits += cached
+        return num_new
 
     def allocate_slots(
         self, request: Request, num_new_tokens: int, computed_blocks: Sequence[KVBlock] = ()
@@ -89,6 +101,22 @@ class KVCacheManager:
         blocks = self._blocks.pop(request.request_id, [])
         self._num_cached_blocks.pop(request.request_id, None)
         self.pool.free(reversed(blocks))
+
+    def load_report(self, waiting: Iterable[Request], num_running: int) -> LoadReport:
+        """The replica's load as routers read it, given its queue of waiting requests."""
+        waiting = list(waiting)
+        return LoadReport(
+            num_waiting=len(waiting),
+            # Net of what the prefix cache already holds: what prefill will really cost.
+            waiting_prefill_tokens=sum(
+                r.num_tokens - len(self.get_computed_blocks(r)) * self.block_size for r in waiting
+            ),
+            num_running=num_running,
+            kv_usage=self.pool.usage(),
+            num_free_blocks=self.pool.num_free,
+            prefix_queries=self.prefix_queries,
+            prefix_hits=self.prefix_hits,
+        )
 
     def check_integrity(self) -> None:
         """Pool invariants, plus: each block's ref_cnt equals the number of block tables holding

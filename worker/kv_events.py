@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from worker.block_hash import BlockHash
@@ -26,12 +27,17 @@ class BlockRemoved:
     block_hash: BlockHash
 
 
+KVEvent = BlockStored | BlockRemoved
+
+
 @dataclass(frozen=True, slots=True)
-class AllBlocksCleared:
-    seq: int
+class KVSnapshot:
+    """Every block a replica's prefix cache holds, and the sequence number of the first event
+    not folded into it. Blocks may come in any order; a router places a block once its parent
+    is placed, and drops the blocks whose parent is not cached (the engine cannot hit them)."""
 
-
-KVEvent = BlockStored | BlockRemoved | AllBlocksCleared
+    next_seq: int
+    blocks: tuple[BlockStored, ...]
 
 
 class KVEventLog:
@@ -59,9 +65,6 @@ class KVEventLog:
     def removed(self, block_hash: BlockHash) -> None:
         self._events.append(BlockRemoved(self._take_seq(), block_hash))
 
-    def cleared(self) -> None:
-        self._events.append(AllBlocksCleared(self._take_seq()))
-
     def drain(self) -> list[KVEvent]:
         events = list(self._events)
         self._events.clear()
@@ -71,3 +74,23 @@ class KVEventLog:
         seq = self._next_seq
         self._next_seq += 1
         return seq
+
+
+class SnapshotBuilder:
+    """Folds one replica's own events into the set of blocks it holds, to serve snapshots to
+    routers that join late or lost events. It runs beside the replica, which sees every event."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[BlockHash, BlockStored] = {}
+        self._next_seq = 0
+
+    def apply(self, events: Iterable[KVEvent]) -> None:
+        for event in events:
+            if isinstance(event, BlockStored):
+                self._blocks[event.block_hash] = event
+            else:
+                self._blocks.pop(event.block_hash, None)
+            self._next_seq = event.seq + 1
+
+    def snapshot(self) -> KVSnapshot:
+        return KVSnapshot(self._next_seq, tuple(self._blocks.values()))

@@ -7,10 +7,10 @@ import torch.distributed as dist
 
 from kernels import PagedAttentionMetadata
 from worker.cuda_graphs import DecodeGraphs
-from worker.model.config import ModelConfig
 from worker.model.llama import LlamaForCausalLM
+from worker.model.loader import torch_dtype
+from worker.model_config import ModelConfig
 from worker.parallel.comm import recv_intermediate, send_intermediate
-from worker.parallel.config import ParallelConfig
 from worker.parallel.state import ParallelState
 from worker.sampler import SampledToken, Sampler
 from worker.step_input import StepInput
@@ -37,9 +37,10 @@ class ModelRunner:
         self.block_size = block_size
         shape = (2, num_blocks, block_size, model.local_kv_heads, config.head_dim)
         device = self.parallel.device
+        self.dtype = torch_dtype(config.dtype)
         # Zeroed, not empty: padded attention reads masked slots, and 0 * NaN would leak through.
         self.kv_caches = [
-            torch.zeros(shape, dtype=config.dtype, device=device)
+            torch.zeros(shape, dtype=self.dtype, device=device)
             for _ in range(model.num_local_layers)
         ]
         self.samples = self.parallel.is_last_stage and self.parallel.tp_rank == 0
@@ -58,17 +59,6 @@ class ModelRunner:
         )  # fmt: skip
         graphs.capture()
         self.graphs = graphs
-
-    @staticmethod
-    def kv_bytes_per_block(config: ModelConfig, parallel: ParallelConfig, block_size: int) -> int:
-        """KV bytes one block takes on the rank holding the most (the KV budget is per rank)."""
-        itemsize = torch.empty((), dtype=config.dtype).element_size()
-        kv_heads = parallel.local_kv_heads(config.num_key_value_heads)
-        layers = max(
-            len(parallel.stage_layers(p, config.num_hidden_layers))
-            for p in range(parallel.pipeline_parallel_size)
-        )
-        return 2 * block_size * kv_heads * config.head_dim * itemsize * layers
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> list[SampledToken] | None:
@@ -89,7 +79,7 @@ class ModelRunner:
         intermediate = None
         if not self.parallel.is_first_stage:
             intermediate = recv_intermediate(
-                len(step.input_ids), self.config.hidden_size, self.config.dtype, self.parallel
+                len(step.input_ids), self.config.hidden_size, self.dtype, self.parallel
             )
         out = self.model(
             torch.tensor(step.input_ids, dtype=torch.int64, device=device),

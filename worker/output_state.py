@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from worker.detokenizer import Detokenizer
-from worker.outputs import RequestOutput
+from worker.messages import RequestOutput, TokenLogprobs
 from worker.request import Request, RequestStatus
-from worker.sampler import SampledToken, TokenLogprobs
+from worker.sampler import SampledToken
 from worker.tokenizer import Tokenizer
 
 

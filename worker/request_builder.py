@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from worker.config import EngineConfig
 from worker.errors import InvalidRequestError, ModelLoadError
-from worker.model.config import ModelConfig
-from worker.model_runner import ModelRunner
-from worker.request import Request
+from worker.messages import GenerationRequest
+from worker.model_config import ModelConfig
 from worker.sampling_params import SamplingLimits, SamplingParams
 from worker.tokenizer import Tokenizer
+
+MAX_ID_CHARS = 256  # request ids and cache salts
+# A text prompt longer than this many characters per token of the context cannot fit; it is
+# refused before the tokenizer spends time on it. (``max_prompt_chars`` overrides.)
+PROMPT_CHARS_PER_TOKEN = 16
 
 
 def max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
@@ -28,13 +32,13 @@ def max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
 
 def num_kv_blocks(config: EngineConfig, model_config: ModelConfig) -> int:
     """KV blocks per replica: ``num_kv_blocks`` if set, else what ``kv_cache_bytes`` holds."""
-    per_block = ModelRunner.kv_bytes_per_block(model_config, config.parallel, config.block_size)
+    per_block = model_config.kv_bytes_per_block(config.parallel, config.block_size)
     return config.num_kv_blocks or max(1, config.kv_cache_bytes // per_block)
 
 
 class RequestBuilder:
-    """Turns (id, prompt, sampling parameters, salt) into a validated Request. It touches no
-    engine state, so any thread (or process) may call it."""
+    """Turns (id, prompt, sampling parameters, salt) into a validated GenerationRequest. It
+    touches no engine state, so any thread (or process) may call it."""
 
     def __init__(
         self, config: EngineConfig, model_config: ModelConfig, tokenizer: Tokenizer
@@ -44,6 +48,9 @@ class RequestBuilder:
         self.vocab_size = model_config.vocab_size
         self.max_model_len = max_model_len(config, model_config)
         self.num_blocks = num_kv_blocks(config, model_config)
+        self.max_prompt_chars = config.max_prompt_chars or PROMPT_CHARS_PER_TOKEN * (
+            self.max_model_len
+        )
         self.limits = SamplingLimits(
             max_model_len=self.max_model_len,
             vocab_size=model_config.vocab_size,
@@ -52,23 +59,38 @@ class RequestBuilder:
             max_logprobs=config.max_logprobs,
         )
 
+    def check_sizes(self, request_id: str, prompt: str | list[int], cache_salt: str | None) -> None:
+        """The checks that cost nothing, before any work is spent on the request: a front door
+        runs them on its event loop, and tokenizes only what passes."""
+        if not request_id:
+            raise InvalidRequestError("request_id", "is empty")
+        if len(request_id) > MAX_ID_CHARS:
+            raise InvalidRequestError(
+                "request_id", f"{len(request_id)} characters, at most {MAX_ID_CHARS}"
+            )
+        if cache_salt is not None and len(cache_salt) > MAX_ID_CHARS:
+            raise InvalidRequestError(
+                "cache_salt", f"{len(cache_salt)} characters, at most {MAX_ID_CHARS}"
+            )
+        if isinstance(prompt, str) and len(prompt) > self.max_prompt_chars:
+            raise InvalidRequestError(
+                "prompt",
+                f"{len(prompt)} characters, at most {self.max_prompt_chars} "
+                f"({PROMPT_CHARS_PER_TOKEN} per token of the {self.max_model_len}-token context)",
+            )
+        if not isinstance(prompt, str) and len(prompt) >= self.max_model_len:
+            raise self._too_long(len(prompt))
+
     def build(
         self,
         request_id: str,
         prompt: str | list[int],
         params: SamplingParams,
         cache_salt: str | None = None,
-    ) -> Request:
-        """Raise InvalidRequestError naming the offending field, or return the request."""
-        token_ids = self.validate(request_id, prompt, params)
-        return Request(request_id, token_ids, params, self.block_size, cache_salt)
-
-    def validate(
-        self, request_id: str, prompt: str | list[int], params: SamplingParams
-    ) -> list[int]:
-        """Raise InvalidRequestError naming the offending field, or return the prompt's ids."""
-        if not request_id:
-            raise InvalidRequestError("request_id", "is empty")
+    ) -> GenerationRequest:
+        """Raise InvalidRequestError naming the offending field, or return the request with its
+        prompt as token ids. Tokenizing is the costly part: off the event loop, please."""
+        self.check_sizes(request_id, prompt, cache_salt)
         if isinstance(prompt, str):
             token_ids = self.tokenizer.encode(prompt) if prompt else []
         else:
@@ -82,11 +104,7 @@ class RequestBuilder:
         if not token_ids:
             raise InvalidRequestError("prompt", "is empty")
         if len(token_ids) >= self.max_model_len:
-            raise InvalidRequestError(
-                "prompt",
-                f"{len(token_ids)} tokens leave no room in the model's context of "
-                f"{self.max_model_len} tokens",
-            )
+            raise self._too_long(len(token_ids))
         params.validate(len(token_ids), self.limits)
         needed = -(-(len(token_ids) + params.max_tokens) // self.block_size)
         if needed > self.num_blocks:
@@ -94,4 +112,11 @@ class RequestBuilder:
                 "max_tokens",
                 f"prompt plus max_tokens need {needed} KV blocks; the cache has {self.num_blocks}",
             )
-        return token_ids
+        return GenerationRequest(request_id, token_ids, params, cache_salt or None)
+
+    def _too_long(self, num_tokens: int) -> InvalidRequestError:
+        return InvalidRequestError(
+            "prompt",
+            f"{num_tokens} tokens leave no room in the model's context of "
+            f"{self.max_model_len} tokens",
+        )

@@ -6,15 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from worker.messages import TokenLogprobs
 from worker.sampling_params import SamplingParams
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLogprobs:
-    """The sampled token's log-probability and the top-n alternatives, from the raw logits."""
-
-    token_logprob: float
-    top: tuple[tuple[int, float], ...]
 
 
 @dataclass(frozen=True, slots=True)

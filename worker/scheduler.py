@@ -105,24 +105,18 @@ class Scheduler:
             if len(self.running) >= self.config.max_num_seqs or len(out.scheduled) >= seq_cap:
                 break
             request = self.waiting[0]
-            hits = self.kv.get_computed_blocks(request)
-            num_new = min(
-                request.num_tokens - len(hits) * self.kv.block_size - request.num_computed_tokens,
-                budget,
-            )
-            if not self.kv.allocate_slots(request, num_new, hits):
+            admitted = self.kv.admit(request, budget)
+            if admitted is None:
                 break
             self.waiting.popleft()
-            request.num_computed_tokens = len(hits) * self.kv.block_size
-            self.kv.record_lookup(request.num_tokens, request.num_computed_tokens)
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = request.num_computed_tokens
             if request.first_scheduled_time is None:
                 request.first_scheduled_time = time.monotonic()
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-            out.scheduled.append(self._take(request, num_new))
-            budget -= num_new
+            out.scheduled.append(self._take(request, admitted))
+            budget -= admitted
         return out
 
     def finish(self, request: Request, status: RequestStatus) -> None:

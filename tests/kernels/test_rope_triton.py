@@ -8,8 +8,8 @@ import torch
 from kernels.rope_ref import rotary_embedding_ref
 from kernels.rope_triton import rotary_embedding_triton
 from tests.kernels.helpers import DEVICE, DTYPES, assert_close_to, randn
-from worker.model.config import Llama3RopeScaling
 from worker.model.rotary import RotaryEmbedding
+from worker.model_config import Llama3RopeScaling
 
 HEAD_DIM, MAX_POSITIONS = 32, 16384
 LLAMA3 = Llama3RopeScaling(

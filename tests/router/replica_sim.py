@@ -25,12 +25,12 @@ class CacheReplica:
         request = Request(
             f"req-{self._next_id}", list(token_ids), SamplingParams(), self.block_size, cache_salt
         )
-        hits = self.kv.get_computed_blocks(request)
-        assert self.kv.allocate_slots(request, len(token_ids) - len(hits) * self.block_size, hits)
+        assert self.kv.admit(request, len(token_ids)) is not None
+        hit_tokens = request.num_computed_tokens
         request.num_computed_tokens = len(token_ids)
         self.kv.cache_blocks(request)
         self.kv.free(request)
-        return len(hits) * self.block_size
+        return hit_tokens
 
     def cached_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
         """What the engine would find cached for this prompt, without touching the cache."""

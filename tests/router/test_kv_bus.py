@@ -18,12 +18,13 @@ import redis.asyncio
 from cluster.kv_publisher import KVEventPublisher
 from cluster.redis_server import RedisServer, RedisServerError
 from router.hashing import PromptBlocks
-from router.index import PrefixIndex, UnknownReplicaError
+from router.index import PrefixIndex
+from router.kv_bus import StreamKeys
 from router.kv_subscriber import KVEventSubscriber
-from router.kv_wire import StreamKeys
-from router.policy import PrefixAwareRouter, RouterConfig
+from router.policy import PrefixAwarePolicy, RouterConfig
 from tests.router.replica_sim import CacheReplica
 from tests.worker.engine_helpers import make_engine, run_all
+from worker.errors import UnknownReplicaError
 from worker.kv_events import KVEvent, KVEventLog
 from worker.sampling_params import SamplingParams
 
@@ -36,8 +37,8 @@ def keys() -> StreamKeys:
     return StreamKeys(f"test{uuid.uuid4().hex[:12]}")  # tests share the session's Redis
 
 
-def router_for(*replica_ids: str) -> PrefixAwareRouter:
-    policy = PrefixAwareRouter(RouterConfig(block_size=BLOCK))
+def router_for(*replica_ids: str) -> PrefixAwarePolicy:
+    policy = PrefixAwarePolicy(RouterConfig(block_size=BLOCK))
     for replica_id in replica_ids:
         policy.add_replica(replica_id)
     return policy
@@ -67,7 +68,7 @@ async def serve(replica: CacheReplica, prompts: list[list[int]], pause_s: float 
 
 
 def matches_truth(
-    policy: PrefixAwareRouter,
+    policy: PrefixAwarePolicy,
     publisher: KVEventPublisher,
     log: KVEventLog,
     prompts: list[list[int]],
@@ -90,7 +91,7 @@ def matches_truth(
     return True
 
 
-def matches(policy: PrefixAwareRouter, prompts: list[list[int]]) -> list[dict[str, int]]:
+def matches(policy: PrefixAwarePolicy, prompts: list[list[int]]) -> list[dict[str, int]]:
     now = time.monotonic()
     return [policy.index.longest_match(PromptBlocks(tokens, BLOCK), now) for tokens in prompts]
 

@@ -10,8 +10,9 @@ import pytest
 
 from router.cost import CostModel
 from router.load import ReplicaLoad
-from router.policy import NoReplicaError, OverloadedError, PrefixAwareRouter, RouterConfig
+from router.policy import PrefixAwarePolicy, RouterConfig
 from tests.router.replica_sim import CacheReplica
+from worker.errors import NoReplicaError, OverloadedError
 from worker.load_report import LoadReport
 
 RATE = 8000.0  # the cost model's default prefill tokens per second
@@ -23,8 +24,8 @@ def report(
     return LoadReport(waiting, waiting_tokens, running, kv, free, 0, 0)
 
 
-def make_router(replicas: int, seed: int = 0, **config: object) -> PrefixAwareRouter:
-    router = PrefixAwareRouter(RouterConfig(seed=seed, **config))  # type: ignore[arg-type]
+def make_router(replicas: int, seed: int = 0, **config: object) -> PrefixAwarePolicy:
+    router = PrefixAwarePolicy(RouterConfig(seed=seed, **config))  # type: ignore[arg-type]
     for i in range(replicas):
         router.add_replica(f"r{i}")
     return router
@@ -79,7 +80,7 @@ def test_affinity_holds_exactly_while_the_queue_costs_less_than_recomputing(
 class QueueFleet:
     """Replicas that prefill their queue at RATE and report it every ``period`` seconds."""
 
-    def __init__(self, routers: list[PrefixAwareRouter], replicas: list[str]) -> None:
+    def __init__(self, routers: list[PrefixAwarePolicy], replicas: list[str]) -> None:
         self.routers = routers
         self.queued = dict.fromkeys(replicas, 0.0)
         self.served: Counter[str] = Counter()
@@ -158,7 +159,7 @@ def test_replicas_over_their_caps_are_not_candidates() -> None:
     with pytest.raises(OverloadedError):
         router.choose(list(range(100)), now=0.0)
     with pytest.raises(NoReplicaError):
-        PrefixAwareRouter().choose(list(range(100)), now=0.0)
+        PrefixAwarePolicy().choose(list(range(100)), now=0.0)
 
 
 def test_a_nearly_full_replica_still_takes_a_prompt_that_needs_few_new_blocks() -> None:

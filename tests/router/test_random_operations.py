@@ -9,9 +9,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from router.event_feed import SnapshotBuilder
-from router.policy import OverloadedError, PrefixAwareRouter, RouterConfig
+from router.policy import PrefixAwarePolicy, RouterConfig
 from tests.router.replica_sim import CacheReplica
+from worker.errors import OverloadedError
+from worker.kv_events import SnapshotBuilder
 from worker.load_report import LoadReport
 
 CAP = 12 << 10
@@ -21,7 +22,7 @@ STEMS = [[s * 1000 + i for i in range(16 * (1 + s % 4))] for s in range(6)]
 class RouterOperations(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.router = PrefixAwareRouter(
+        self.router = PrefixAwarePolicy(
             RouterConfig(seed=0, max_index_bytes=CAP, predicted_ttl_s=5.0)
         )
         self.replicas: dict[str, tuple[CacheReplica, SnapshotBuilder]] = {}

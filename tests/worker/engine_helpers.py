@@ -7,7 +7,7 @@ from typing import Any
 
 from worker.config import EngineConfig
 from worker.engine import Engine
-from worker.outputs import RequestOutput
+from worker.messages import RequestOutput
 from worker.sampling_params import SamplingParams
 
 

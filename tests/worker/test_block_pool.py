@@ -7,7 +7,7 @@ import pytest
 from worker.block_hash import hash_block
 from worker.block_pool import BlockPool
 from worker.kv_cache_manager import KVCacheManager
-from worker.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
+from worker.kv_events import BlockRemoved, BlockStored
 from worker.request import Request
 from worker.sampling_params import SamplingParams
 
@@ -20,9 +20,7 @@ def _request(rid: str, tokens: list[int], salt: str | None = None) -> Request:
 
 def _run_prefill(kv: KVCacheManager, req: Request) -> None:
     """Admit a request as the scheduler would and mark its whole prompt computed."""
-    hits = kv.get_computed_blocks(req)
-    req.num_computed_tokens = len(hits) * BS
-    assert kv.allocate_slots(req, req.num_tokens - req.num_computed_tokens, hits)
+    assert kv.admit(req, req.num_tokens) is not None
     req.num_computed_tokens = req.num_tokens
     kv.cache_blocks(req)
 
@@ -110,7 +108,7 @@ def test_eviction_takes_uncached_blocks_first_then_tails_before_prefixes() -> No
     kv.pool.check_integrity()
 
 
-def test_events_describe_stored_and_cleared_blocks_in_order() -> None:
+def test_events_describe_stored_and_evicted_blocks_in_order() -> None:
     kv = KVCacheManager(8, BS)
     a = _request("a", list(range(9)))
     _run_prefill(kv, a)
@@ -119,11 +117,12 @@ def test_events_describe_stored_and_cleared_blocks_in_order() -> None:
     assert stored[0].parent_hash is None and stored[1].parent_hash == stored[0].block_hash
     assert stored[1].token_ids == (4, 5, 6, 7)
     assert [e.seq for e in stored] == [0, 1]
-    assert not kv.pool.reset_prefix_cache()  # a request still holds blocks
     kv.free(a)
-    assert kv.pool.reset_prefix_cache()
-    (cleared,) = kv.pool.events.drain()
-    assert isinstance(cleared, AllBlocksCleared) and cleared.seq == 2
+    _run_prefill(kv, _request("b", list(range(100, 132))))  # needs every block: evicts a's
+    events = kv.pool.events.drain()
+    removed = [e for e in events if isinstance(e, BlockRemoved)]
+    assert {e.block_hash for e in removed} == {e.block_hash for e in stored}
+    assert [e.seq for e in events] == list(range(2, 2 + len(events)))
     kv.check_integrity()
 
 

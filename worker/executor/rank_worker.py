@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 
 from worker.executor.control import ControlClient, RankFailure
-from worker.model.config import ModelConfig
 from worker.model.loader import load_model
+from worker.model_config import ModelConfig
 from worker.model_runner import ModelRunner
 from worker.parallel.state import ParallelConfig, init_parallel
 

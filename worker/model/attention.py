@@ -7,10 +7,10 @@ from torch import nn
 
 from kernels import ops
 from kernels.attention_metadata import PagedAttentionMetadata
-from worker.model.config import ModelConfig
 from worker.model.linear import QKVParallelLinear, RowParallelLinear
 from worker.model.norm import RMSNorm
 from worker.model.rotary import RotaryEmbedding
+from worker.model_config import ModelConfig
 from worker.parallel.state import ParallelState
 
 

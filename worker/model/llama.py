@@ -11,11 +11,11 @@ from torch import nn
 from kernels import ops
 from kernels.attention_metadata import PagedAttentionMetadata
 from worker.model.attention import Attention
-from worker.model.config import ModelConfig
 from worker.model.embedding import ParallelLMHead, VocabParallelEmbedding
 from worker.model.linear import ColumnParallelLinear, RowParallelLinear
 from worker.model.norm import RMSNorm
 from worker.model.rotary import RotaryEmbedding
+from worker.model_config import ModelConfig
 from worker.parallel.state import ParallelState
 
 Intermediate = tuple[torch.Tensor, torch.Tensor]

@@ -12,15 +12,14 @@ from torch import nn
 
 from worker.errors import ModelLoadError
 from worker.model.checkpoint import checkpoint_files, iter_tensors
-from worker.model.config import ModelConfig
 from worker.model.dummy import fill_dummy_weights
 from worker.model.llama import LlamaForCausalLM, PPMissingLayer
 from worker.model.weights import ShardId, get_weight_loader
+from worker.model_config import LOAD_FORMATS, ModelConfig
 from worker.parallel.state import ParallelState
 
 EMBEDDING = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
-LOAD_FORMATS = ("safetensors", "dummy")
 
 
 def load_model(
@@ -43,7 +42,7 @@ def load_model(
             f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}"
         )
     device = torch.device(device)
-    with torch.device(device), _default_dtype(config.dtype):
+    with torch.device(device), _default_dtype(torch_dtype(config.dtype)):
         model = LlamaForCausalLM(config, parallel)
     if load_format == "dummy":
         fill_dummy_weights(model, seed)
@@ -130,6 +129,13 @@ def _expected_checkpoint_names(
         for module in unpacked.get(parts[-2], [parts[-2]]):
             names.add(".".join([*parts[:-2], module, parts[-1]]))
     return names
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a ModelConfig.dtype name ("float32", "bfloat16", "float16")."""
+    dtype = getattr(torch, name)
+    assert isinstance(dtype, torch.dtype), name
+    return dtype
 
 
 @contextmanager

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from kernels import ops
-from worker.model.config import Llama3RopeScaling
+from worker.model_config import Llama3RopeScaling
 
 
 def rope_inv_freq(

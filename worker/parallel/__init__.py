@@ -6,8 +6,8 @@ from worker.parallel.comm import (
     tp_all_gather,
     tp_all_reduce,
 )
-from worker.parallel.config import ParallelConfig
 from worker.parallel.state import ParallelState, RankGroup, init_parallel
+from worker.parallel_config import ParallelConfig
 
 __all__ = [
     "ParallelConfig",

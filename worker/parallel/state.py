@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from worker.parallel.config import ParallelConfig
+from worker.parallel_config import ParallelConfig
 
 __all__ = ["ParallelConfig", "ParallelState", "RankGroup", "init_parallel"]
 

@@ -13,7 +13,7 @@ import ray
 from ray import serve
 
 from cluster.app import DEPLOYMENT, FleetConfig, deploy
-from cluster.grpc_router import RouterThread
+from cluster.front_door import FrontDoorThread
 from cluster.redis_server import RedisServer
 from cluster.replica import KVState, Pinned, replica_ids
 from router.client import GenerationClient
@@ -33,8 +33,8 @@ class Fleet:
         self.redis = redis
         deploy(config)
         self.handle = serve.get_deployment_handle(DEPLOYMENT, app_name=config.app_name)
-        self.thread = RouterThread(config.app_name, port=free_port())
-        self.router = self.thread.router
+        self.thread = FrontDoorThread(config.app_name, port=free_port())
+        self.front_door = self.thread.front_door
         self.target = self.thread.target
 
     def replica_ids(self) -> list[str]:

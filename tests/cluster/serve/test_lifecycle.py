@@ -7,16 +7,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cluster.grpc_router import RouterThread
+from cluster.front_door import FrontDoorThread
+from cluster.serve_backend import ServeBackend
 from protos.kvfleet.v1 import generation_pb2 as pb
 from router.client import GenerationClient
-from router.policy import NoReplicaError
-from router.server.backend import GenerationRequest
-from router.server.serve_backend import ServeBackend
-from router.server.status import FIELD_TRAILER
+from router.grpc_api.status import FIELD_TRAILER
 from tests.cluster.serve.conftest import Fleet
 from tests.net import free_port
-from tests.router.grpc.test_api import GOOD, _bad_cases
+from tests.router.grpc_api.test_api import GOOD, _bad_cases
+from worker.errors import NoReplicaError
 from worker.sampling_params import SamplingParams
 
 LONG = {"max_tokens": 1500, "temperature": 0.0, "ignore_eos": True}
@@ -87,13 +86,13 @@ def test_health_serving_and_models_listed(client: GenerationClient, fleet: Fleet
     assert response.status == health_pb2.HealthCheckResponse.SERVING
     [model] = client.list_models()
     assert model.name == fleet.config.model.name
-    assert client.tokenize("two words") == fleet.router.backend.requests.tokenizer.encode(
+    assert client.tokenize("two words") == fleet.front_door.backend.requests.tokenizer.encode(
         "two words"
     )
 
 
 def test_a_full_router_queue_is_resource_exhausted(fleet: Fleet) -> None:
-    small = RouterThread(fleet.config.app_name, port=free_port(), max_queued_requests=1)
+    small = FrontDoorThread(fleet.config.app_name, port=free_port(), max_queued_requests=1)
     try:
         with GenerationClient(small.target) as client:
             running = client.generate("Holds the only slot", **LONG)
@@ -110,14 +109,14 @@ def test_a_full_router_queue_is_resource_exhausted(fleet: Fleet) -> None:
 def test_no_running_replica_is_unavailable(fleet: Fleet) -> None:
     # A backend whose application has no running replica (here: none by that name) refuses
     # at once instead of queueing in Serve until a replica appears.
-    live = fleet.router.backend
+    live = fleet.front_door.backend
     backend = ServeBackend(live.handle, live.requests, live.model_name, "no-such-app")
 
     async def attempt() -> None:
         await backend.start()
         try:
             assert not backend.healthy()
-            request = GenerationRequest("r", "hi", SamplingParams(max_tokens=4))
+            request = live.requests.build("r", "hi", SamplingParams(max_tokens=4))
             with pytest.raises(NoReplicaError):
                 await anext(backend.generate(request))
         finally:

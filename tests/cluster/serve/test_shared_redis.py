@@ -15,7 +15,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from router.client import GenerationClient
-from router.kv_wire import StreamKeys
+from router.kv_bus import StreamKeys
 from tests.cluster.serve.conftest import Fleet
 from tests.cluster.serve.routing_helpers import SHORT, finish, token_prompt
 from tests.net import free_port

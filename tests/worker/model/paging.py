@@ -7,7 +7,7 @@ import random
 import torch
 
 from kernels.attention_metadata import PagedAttentionMetadata
-from worker.model import LlamaForCausalLM, ModelConfig
+from worker.model import LlamaForCausalLM, ModelConfig, torch_dtype
 
 BLOCK_SIZE = 16
 
@@ -32,7 +32,9 @@ def shuffled_block_ids(num_blocks: int, seed: int = 0) -> list[int]:
 
 def new_kv_caches(config: ModelConfig, num_blocks: int) -> list[torch.Tensor]:
     shape = (2, num_blocks, BLOCK_SIZE, config.num_key_value_heads, config.head_dim)
-    return [torch.zeros(shape, dtype=config.dtype) for _ in range(config.num_hidden_layers)]
+    return [
+        torch.zeros(shape, dtype=torch_dtype(config.dtype)) for _ in range(config.num_hidden_layers)
+    ]
 
 
 def build_step(

@@ -8,8 +8,8 @@ import transformers
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from tests.worker.model.checkpoints import LLAMA3_ROPE, TINY
-from worker.model.config import Llama3RopeScaling
 from worker.model.rotary import RotaryEmbedding, rope_inv_freq
+from worker.model_config import Llama3RopeScaling
 
 HEAD_DIM = TINY["hidden_size"] // TINY["num_attention_heads"]
 SCALING = Llama3RopeScaling(

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.worker.model.paging import BLOCK_SIZE, PagedSequence, build_step, shuffled_block_ids
-from worker.model import LlamaForCausalLM, ModelConfig, load_model
+from worker.model import LlamaForCausalLM, ModelConfig, load_model, torch_dtype
 from worker.parallel import (
     ParallelConfig,
     ParallelState,
@@ -60,7 +60,10 @@ def generate(
     tp rank 0 picks each greedy token and broadcasts it to every rank on the gloo group."""
     config = model.config
     kv_shape = (2, NUM_BLOCKS, BLOCK_SIZE, model.local_kv_heads, config.head_dim)
-    kv_caches = [torch.zeros(kv_shape, dtype=config.dtype) for _ in range(model.num_local_layers)]
+    kv_caches = [
+        torch.zeros(kv_shape, dtype=torch_dtype(config.dtype))
+        for _ in range(model.num_local_layers)
+    ]
     blocks = shuffled_block_ids(NUM_BLOCKS)
     sequences = [
         PagedSequence(blocks[i * BLOCKS_PER_SEQUENCE : (i + 1) * BLOCKS_PER_SEQUENCE])
@@ -78,7 +81,7 @@ def generate(
         intermediate = None
         if not model.is_first_stage:
             intermediate = recv_intermediate(
-                len(input_ids), config.hidden_size, config.dtype, state
+                len(input_ids), config.hidden_size, torch_dtype(config.dtype), state
             )
         with torch.inference_mode():
             out = model(input_ids, positions, kv_caches, meta, intermediate)

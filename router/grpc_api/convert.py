@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 
 from protos.kvfleet.v1 import generation_pb2 as pb
-from router.server.backend import GenerationRequest
-from worker.outputs import RequestOutput
+from worker.messages import RequestOutput
 from worker.sampling_params import SamplingParams
 
 _DEFAULTS = SamplingParams()
@@ -38,17 +37,17 @@ def sampling_params(proto: pb.SamplingParameters) -> SamplingParams:
     )
 
 
-def generation_request(proto: pb.GenerateRequest) -> GenerationRequest:
-    # An unset prompt reads as empty text, which the engine rejects as field "prompt".
-    by_ids = proto.WhichOneof("prompt") == "token_ids"
-    prompt: str | list[int] = list(proto.token_ids.ids) if by_ids else proto.text
-    return GenerationRequest(
-        request_id=proto.request_id or f"kvf-{uuid.uuid4().hex}",
-        prompt=prompt,
-        params=sampling_params(proto.sampling),
-        cache_salt=proto.cache_salt or None,
-        model=proto.model,
-    )
+def prompt_of(proto: pb.GenerateRequest) -> str | list[int]:
+    """Text or token ids; an unset prompt reads as empty text, which validation refuses as
+    field "prompt"."""
+    if proto.WhichOneof("prompt") == "token_ids":
+        return list(proto.token_ids.ids)
+    return proto.text
+
+
+def request_id_of(proto: pb.GenerateRequest) -> str:
+    """The client's id, or a fresh one."""
+    return proto.request_id or f"kvf-{uuid.uuid4().hex}"
 
 
 def generate_response(output: RequestOutput) -> pb.GenerateResponse:

@@ -1,4 +1,6 @@
-"""KV events and snapshots as bytes in Redis, and the keys they live under.
+"""The KV-event bus: replicas publish their KV events and snapshots to Redis, routers fold them
+into their indexes. Both ends import this module: the keys, the client, the wire format, and
+the background loop each end runs.
 
 Redis is an external input, so decoding trusts nothing: every field is checked and a bad value
 raises ValueError naming it (never pickle). The format is JSON, hashes in hex:
@@ -6,12 +8,14 @@ raises ValueError naming it (never pickle). The format is JSON, hashes in hex:
     event batch:  {"v": 1, "events": [event, ...]}
     event:        ["S", seq, block_hash, parent_hash | null, [token, ...], [[kind, value], ...]]
                   ["R", seq, block_hash]
-                  ["C", seq]
     snapshot:     {"v": 1, "stream_id": "1700000000000-0", "next_seq": n, "blocks": [S event, ...]}
 """
 
 from __future__ import annotations
 
+import abc
+import asyncio
+import contextlib
 import hashlib
 import json
 import re
@@ -22,9 +26,8 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from router.event_feed import KVSnapshot
 from worker.block_hash import BlockHash
-from worker.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from worker.kv_events import BlockRemoved, BlockStored, KVEvent, KVSnapshot
 
 VERSION = 1
 EVENTS_FIELD = b"events"  # the field of a stream entry that holds its encoded batch
@@ -64,6 +67,44 @@ def redis_client(url: str, timeout_s: float = 1.0) -> Redis:
         retry=Retry(NoBackoff(), 0),
         protocol=2,  # pins the reply shapes (XREAD: a list of [key, entries])
     )
+
+
+class RedisLoop(abc.ABC):
+    """Runs ``_step`` over and over on the loop that called ``start``; ``close`` stops it and
+    closes the client. The KV-event publisher and subscriber are both one of these."""
+
+    def __init__(self, redis_url: str, name: str) -> None:
+        self._redis = redis_client(redis_url)
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Start the task; a second call does nothing."""
+        if self._task is None:
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), name=self._name)
+
+    async def close(self) -> None:
+        """Stop the task and close the client. Re-raises what stopped the task, if anything."""
+        self._closing = True  # stops the loop even if the cancel below is lost (see _run)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._redis.aclose()
+
+    async def _run(self) -> None:
+        # Not `while True`: on Python 3.11, asyncio.wait_for (which redis-py wraps around socket
+        # writes) swallows a cancellation that lands as the write completes; close() would wait
+        # forever on a loop that goes on.
+        while not self._closing:
+            await self._step()
+
+    @abc.abstractmethod
+    async def _step(self) -> None:
+        """One round of work; errors it does not handle stop the task (``close`` re-raises)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,23 +153,19 @@ def _event_to_json(event: KVEvent) -> list[Any]:
         parent = None if event.parent_hash is None else event.parent_hash.hex()
         extra = [list(pair) for pair in event.extra_keys]
         return ["S", event.seq, event.block_hash.hex(), parent, list(event.token_ids), extra]
-    if isinstance(event, BlockRemoved):
-        return ["R", event.seq, event.block_hash.hex()]
-    return ["C", event.seq]
+    return ["R", event.seq, event.block_hash.hex()]
 
 
 def _event_from_json(item: object, where: str) -> KVEvent:
     if not isinstance(item, list) or not item:
         raise ValueError(f"{where}: not a non-empty list")
     kind, fields = item[0], item[1:]
-    shapes = {"S": 5, "R": 2, "C": 1}
+    shapes = {"S": 5, "R": 2}
     if kind not in shapes:
         raise ValueError(f"{where}: unknown kind {kind!r}")
     if len(fields) != shapes[kind]:
         raise ValueError(f"{where}: kind {kind} has {shapes[kind]} fields, got {len(fields)}")
     seq = _seq(fields[0], f"{where}: seq")
-    if kind == "C":
-        return AllBlocksCleared(seq)
     block_hash = _hash(fields[1], f"{where}: block_hash")
     if kind == "R":
         return BlockRemoved(seq, block_hash)

@@ -10,21 +10,23 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from protos.kvfleet.v1 import generation_pb2 as pb
-from router.server.backend import Backend
-from router.server.service import GenerationService, pb_grpc
+from router.grpc_api.backend import Backend
+from router.grpc_api.service import GenerationService, pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 HEALTH_POLL_S = 1.0
 
 # Health trackers run until their server stops; held here so they are not garbage-collected.
 _trackers: set[asyncio.Task[None]] = set()
+_services: dict[grpc.aio.Server, GenerationService] = {}  # to close their thread pools
 
 
 async def serve(backend: Backend, host: str = "127.0.0.1", port: int = 50051) -> grpc.aio.Server:
     """Start serving ``backend`` on host:port; stop with ``stop``. Must run on the event loop
     that will serve the calls."""
     server = grpc.aio.server()
-    pb_grpc.add_GenerationServicer_to_server(GenerationService(backend), server)
+    service = _services[server] = GenerationService(backend)
+    pb_grpc.add_GenerationServicer_to_server(service, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -48,6 +50,9 @@ async def stop(server: grpc.aio.Server, grace_s: float = 5.0) -> None:
     """Refuse new calls, give running ones ``grace_s`` to finish, then cancel them (which aborts
     their engine requests). The backend is the caller's to shut down afterwards."""
     await server.stop(grace_s)
+    service = _services.pop(server, None)
+    if service is not None:
+        service.close()
 
 
 async def _track_health(

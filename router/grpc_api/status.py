@@ -1,28 +1,36 @@
-"""The one mapping from kvfleet's exceptions to gRPC status codes.
+"""The one mapping from kvfleet's errors (worker/errors.py) to gRPC status codes.
 
     InvalidRequestError        -> INVALID_ARGUMENT (details start with the proto field's path,
                                   which also comes back in the ``kvfleet-field`` trailer)
     DuplicateRequestError      -> ALREADY_EXISTS   (a request id that is still running)
-    OverloadedError            -> RESOURCE_EXHAUSTED (the backend's queue is full)
+    OverloadedError            -> RESOURCE_EXHAUSTED (every queue it could wait in is full)
     NoReplicaError, EngineDeadError, WorkerFailedError -> UNAVAILABLE
-    TimeoutError               -> DEADLINE_EXCEEDED (the call's deadline passed; request aborted)
+    DeadlineExceededError      -> DEADLINE_EXCEEDED (the call's deadline passed; request aborted)
+    any other KVFleetError     -> INTERNAL, its cause logged
 
 A call the client cancels ends as CANCELLED without the server sending anything: gRPC cancels the
-handler, and unwinding it aborts the engine request. Anything else is a bug and propagates
-(UNKNOWN), never swallowed.
+handler, and unwinding it aborts the engine request. The service turns anything that is not a
+KVFleetError into INTERNAL with the cause logged: a bug, never a traceback to the client.
 """
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
-from router.policy import NoReplicaError, OverloadedError
 from worker.errors import (
+    DeadlineExceededError,
     DuplicateRequestError,
     EngineDeadError,
     InvalidRequestError,
+    KVFleetError,
+    NoReplicaError,
+    OverloadedError,
     WorkerFailedError,
 )
+
+_log = logging.getLogger(__name__)
 
 FIELD_TRAILER = "kvfleet-field"
 
@@ -44,7 +52,7 @@ _PROTO_FIELDS = {name: f"sampling.{name}" for name in _SAMPLING_FIELDS} | {
     "prompt_token_ids": "token_ids",
 }
 
-_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+_CODES: tuple[tuple[type[KVFleetError], grpc.StatusCode], ...] = (
     # Order matters: DuplicateRequestError is an InvalidRequestError.
     (DuplicateRequestError, grpc.StatusCode.ALREADY_EXISTS),
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -52,7 +60,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (NoReplicaError, grpc.StatusCode.UNAVAILABLE),
     (EngineDeadError, grpc.StatusCode.UNAVAILABLE),
     (WorkerFailedError, grpc.StatusCode.UNAVAILABLE),
-    (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
 
@@ -60,23 +68,21 @@ def proto_field(engine_field: str) -> str:
     return _PROTO_FIELDS.get(engine_field, engine_field)
 
 
-def status_for(exc: BaseException) -> grpc.StatusCode | None:
-    """The status code for an exception kvfleet raises on purpose; None for anything else."""
+def status_for(exc: KVFleetError) -> grpc.StatusCode:
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return code
-    return None
+    return grpc.StatusCode.INTERNAL
 
 
-async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-    """End the call with ``exc``'s status code; re-raise ``exc`` if it has none."""
+async def abort_with(context: grpc.aio.ServicerContext, exc: KVFleetError) -> None:
+    """End the call with ``exc``'s status code (``context.abort`` raises)."""
     code = status_for(exc)
-    if code is None:
-        raise exc
     if isinstance(exc, InvalidRequestError):
         field = proto_field(exc.field)
         message = str(exc).removeprefix(f"{exc.field}: ")
         await context.abort(code, f"{field}: {message}", ((FIELD_TRAILER, field),))
-    if isinstance(exc, TimeoutError):
-        await context.abort(code, "the call's deadline passed; the request was aborted")
+    if code == grpc.StatusCode.INTERNAL:
+        _log.error("internal error serving a call", exc_info=exc)
+        await context.abort(code, f"internal error ({type(exc).__name__}: {exc})")
     await context.abort(code, str(exc) or type(exc).__name__)

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from worker.errors import ModelLoadError
+from worker.parallel_config import ParallelConfig
+
+LOAD_FORMATS = ("safetensors", "dummy")  # "dummy": random weights from config.json alone
 
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
@@ -18,7 +19,8 @@ SUPPORTED_ARCHITECTURES = (
     "Qwen3ForCausalLM",
 )
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Bytes per element of each supported dtype; the names are torch's (``getattr(torch, name)``).
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class ModelConfig:
     sliding_window: int | None
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: str  # a key of DTYPE_BYTES
 
     @classmethod
     def from_dir(cls, path: Path, dtype: str = "auto") -> ModelConfig:
@@ -82,6 +84,15 @@ class ModelConfig:
         if not isinstance(raw, dict):
             raise ModelLoadError(f"{config_path}: expected a JSON object")
         return _parse(raw, config_path, dtype)
+
+    def kv_bytes_per_block(self, parallel: ParallelConfig, block_size: int) -> int:
+        """KV bytes one block takes on the rank holding the most (the KV budget is per rank)."""
+        kv_heads = parallel.local_kv_heads(self.num_key_value_heads)
+        layers = max(
+            len(parallel.stage_layers(p, self.num_hidden_layers))
+            for p in range(parallel.pipeline_parallel_size)
+        )
+        return 2 * block_size * kv_heads * self.head_dim * DTYPE_BYTES[self.dtype] * layers
 
 
 def _parse(raw: dict[str, Any], path: Path, dtype: str) -> ModelConfig:
@@ -226,12 +237,13 @@ def _eos_token_ids(raw: dict[str, Any], path: Path) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _dtype(raw: dict[str, Any], path: Path, requested: str) -> torch.dtype:
+def _dtype(raw: dict[str, Any], path: Path, requested: str) -> str:
     name = requested
     if requested == "auto":
         # transformers 5 writes "dtype", older versions "torch_dtype".
         name = raw.get("dtype") or raw.get("torch_dtype") or "float32"
-    if name not in _DTYPES:
+    if name not in DTYPE_BYTES:
         source = "requested dtype" if requested != "auto" else f"{path}: dtype"
-        raise ModelLoadError(f"{source} {name!r} is not supported; supported: {', '.join(_DTYPES)}")
-    return _DTYPES[name]
+        supported = ", ".join(DTYPE_BYTES)
+        raise ModelLoadError(f"{source} {name!r} is not supported; supported: {supported}")
+    return str(name)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from tests.worker.model.checkpoints import LLAMA3_ROPE, make_hf_model, save_checkpoint
 from worker.errors import ModelLoadError
@@ -47,7 +46,7 @@ def test_architecture_flags_from_transformers_configs(
     config = ModelConfig.from_dir(save_checkpoint(make_hf_model(family), tmp_path))
     assert (config.qkv_bias, config.o_proj_bias, config.qk_norm) == (qkv_bias, o_proj_bias, qk_norm)
     assert config.num_key_value_heads == 2
-    assert config.dtype == torch.float32
+    assert config.dtype == "float32"
 
 
 def test_defaults_for_optional_keys(tmp_path: Path) -> None:
@@ -111,14 +110,14 @@ def test_eos_token_id_may_be_a_list(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("changes", "requested", "expected"),
     [
-        ({}, "auto", torch.float32),
-        ({"torch_dtype": "bfloat16"}, "auto", torch.bfloat16),
-        ({"dtype": "float16"}, "auto", torch.float16),
-        ({"dtype": "bfloat16"}, "float32", torch.float32),
+        ({}, "auto", "float32"),
+        ({"torch_dtype": "bfloat16"}, "auto", "bfloat16"),
+        ({"dtype": "float16"}, "auto", "float16"),
+        ({"dtype": "bfloat16"}, "float32", "float32"),
     ],
 )
 def test_dtype_auto_reads_checkpoint_and_explicit_overrides(
-    changes: dict[str, str], requested: str, expected: torch.dtype, tmp_path: Path
+    changes: dict[str, str], requested: str, expected: str, tmp_path: Path
 ) -> None:
     assert _config(tmp_path, requested, **changes).dtype == expected
 

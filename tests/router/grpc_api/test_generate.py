@@ -9,7 +9,7 @@ import pytest
 
 from protos.kvfleet.v1 import generation_pb2 as pb
 from router.client import GenerateStream, GenerationClient
-from tests.router.grpc.conftest import RunningServer
+from tests.router.grpc_api.conftest import RunningServer
 from tests.worker.engine_helpers import GREEDY_32, make_engine, run_all, text_of, tokens_of
 
 LONG = {"max_tokens": 1500, "temperature": 0.0, "ignore_eos": True}

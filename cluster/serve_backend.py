@@ -1,8 +1,8 @@
 """A Backend over Ray Serve replicas, each request sent where the routing policy chooses.
 
-The router validates and tokenizes with the replicas' own RequestBuilder, so bad requests never
-leave this process and every replica receives token ids; the Serve handle then routes the call
-through the deployment's RequestRouter (cluster/request_router.py), which reads those ids.
+The front door validates and tokenizes with the replicas' own RequestBuilder, so bad requests
+never leave this process and every replica receives token ids; the Serve handle then routes the
+call through the deployment's RequestRouter (cluster/request_router.py), which reads those ids.
 """
 
 from __future__ import annotations
@@ -18,19 +18,9 @@ from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from router.policy import NoReplicaError
-from router.server.backend import (
-    Backend,
-    GenerationRequest,
-    ModelInfo,
-    check_admission,
-    check_model,
-)
-from worker.errors import (
-    KVFleetError,
-    WorkerFailedError,
-)
-from worker.outputs import RequestOutput
+from router.grpc_api.backend import Backend, check_admission
+from worker.errors import KVFleetError, NoReplicaError, WorkerFailedError
+from worker.messages import GenerationRequest, RequestOutput
 from worker.request_builder import RequestBuilder
 
 _log = logging.getLogger(__name__)
@@ -78,13 +68,10 @@ class ServeBackend(Backend):
             await asyncio.gather(self._poller, return_exceptions=True)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
-        check_model(request.model, self.model_name)
-        token_ids = self.requests.validate(request.request_id, request.prompt, request.params)
         if not self.healthy():
             raise NoReplicaError(f"no replica of {self.app_name!r} is running")
         check_admission(request.request_id, self._running, self.max_queued_requests)
-        payload = dataclasses.replace(request, prompt=token_ids)
-        response = cast(DeploymentResponseGenerator, self.handle.generate.remote(payload))
+        response = cast(DeploymentResponseGenerator, self.handle.generate.remote(request))
         call = _InFlight(response)
         self._running[request.request_id] = call
         finished, num_tokens = False, 0
@@ -97,7 +84,7 @@ class ServeBackend(Backend):
             if not call.aborted:
                 raise
             finished = True  # ended by Abort: say so, as the engine would have
-            yield _aborted(request.request_id, len(token_ids), num_tokens)
+            yield _aborted(request.request_id, len(request.prompt_token_ids), num_tokens)
         except ray.exceptions.RayError as exc:
             raise _replica_error(exc) from exc
         finally:
@@ -112,14 +99,6 @@ class ServeBackend(Backend):
         call.aborted = True
         call.response.cancel()
         return True
-
-    async def tokenize(self, text: str, model: str = "") -> list[int]:
-        check_model(model, self.model_name)
-        return self.requests.tokenizer.encode(text)
-
-    async def models(self) -> list[ModelInfo]:
-        builder = self.requests
-        return [ModelInfo(self.model_name, builder.max_model_len, builder.vocab_size)]
 
     def healthy(self) -> bool:
         return self.num_running_replicas > 0

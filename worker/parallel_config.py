@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # worker.model imports this package; importing it here would be a cycle
-    from worker.model.config import ModelConfig
+if TYPE_CHECKING:  # worker.model_config imports this module; importing it here would be a cycle
+    from worker.model_config import ModelConfig
 
 
 @dataclass(frozen=True)

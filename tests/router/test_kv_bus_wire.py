@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from router.event_feed import KVSnapshot, SnapshotBuilder
-from router.kv_wire import (
+from router.kv_bus import (
     PublishedSnapshot,
     StreamKeys,
     decode_events,
@@ -16,7 +15,7 @@ from router.kv_wire import (
 )
 from tests.router.replica_sim import CacheReplica
 from worker.block_hash import extra_keys_for, hash_block
-from worker.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+from worker.kv_events import BlockRemoved, BlockStored, KVEvent, KVSnapshot, SnapshotBuilder
 
 ROOT_TOKENS = tuple(range(16))
 SALT = extra_keys_for("tenant-a")
@@ -30,7 +29,6 @@ def test_event_batch_round_trips_every_kind_of_event() -> None:
         BlockStored(0, ROOT, None, ROOT_TOKENS, SALT),
         BlockStored(1, CHILD, ROOT, (0, 2**32 - 1, *range(14))),
         BlockRemoved(2, CHILD),
-        AllBlocksCleared(3),
     ]
     assert decode_events(encode_events(events)) == events
     assert decode_events(encode_events([])) == []
@@ -56,10 +54,11 @@ def test_snapshot_round_trips_with_its_stream_id() -> None:
         (b'{"v": 2, "events": []}', "version 2"),
         (b'{"v": 1}', "events is not a list"),
         (b'{"v": 1, "events": [["X", 0]]}', "event 0: unknown kind 'X'"),
-        (b'{"v": 1, "events": [["C"]]}', "kind C has 1 fields, got 0"),
-        (b'{"v": 1, "events": [["C", -1]]}', "seq: -1 is not a non-negative integer"),
-        (b'{"v": 1, "events": [["C", true]]}', "seq: True is not"),
-        (b'{"v": 1, "events": [["C", 1.5]]}', "seq: 1.5 is not"),
+        (b'{"v": 1, "events": [["R"]]}', "kind R has 2 fields, got 0"),
+        (b'{"v": 1, "events": [["C", 1]]}', "unknown kind 'C'"),
+        (b'{"v": 1, "events": [["R", -1, "00"]]}', "seq: -1 is not a non-negative integer"),
+        (b'{"v": 1, "events": [["R", true, "00"]]}', "seq: True is not"),
+        (b'{"v": 1, "events": [["R", 1.5, "00"]]}', "seq: 1.5 is not"),
         (b'{"v": 1, "events": [["R", 0, "abcd"]]}', "block_hash: not 64 hex digits"),
         (b'{"v": 1, "events": [["R", 0, "' + b"zz" * 32 + b'"]]}', "block_hash: not 64 hex"),
         (f'{{"v":1,"events":[["S",0,"{HEX}",null,[-1],[]]]}}'.encode(), "token_ids: not a list"),
@@ -78,7 +77,10 @@ def test_bad_event_batch_raises_value_error_naming_the_problem(data: bytes, prob
         (b'{"v": 1, "stream_id": "0-0", "blocks": []}', "next_seq: None is not"),
         (b'{"v": 1, "stream_id": "*", "next_seq": 0, "blocks": []}', "not a stream entry id"),
         (b'{"v": 1, "stream_id": 5, "next_seq": 0, "blocks": []}', "stream_id is not a str"),
-        (b'{"v":1,"stream_id":"0-0","next_seq":1,"blocks":[["C",0]]}', "block 0 is not a stored"),
+        (
+            b'{"v":1,"stream_id":"0-0","next_seq":1,"blocks":[["R",0,"' + HEX.encode() + b'"]]}',
+            "block 0 is not a stored",
+        ),
     ],
 )
 def test_bad_snapshot_raises_value_error_naming_the_problem(data: bytes, problem: str) -> None:

@@ -1,6 +1,6 @@
-"""A gRPC router in front of a running Serve application: `kvfleet up` runs one in its own
-process, and `kvfleet router` adds more (each with its own index, sharing KV events through
-Redis)."""
+"""The gRPC front door of a running Serve application: `kvfleet up` runs one in its own
+process, and `kvfleet router` adds more. Each process holds its own copy of the routing policy
+(Serve builds the request router per process), fed with the replicas' KV events through Redis."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import grpc
 from ray import serve
 
 from cluster.app import DEPLOYMENT
-from router.server.app import serve as serve_grpc
-from router.server.app import stop as stop_grpc
-from router.server.serve_backend import ServeBackend
+from cluster.serve_backend import ServeBackend
+from router.grpc_api.app import serve as serve_grpc
+from router.grpc_api.app import stop as stop_grpc
 from worker.config import EngineConfig
-from worker.model.config import ModelConfig
+from worker.model_config import ModelConfig
 from worker.request_builder import RequestBuilder
 from worker.tokenizer import Tokenizer
 
@@ -26,7 +26,9 @@ T = TypeVar("T")
 
 
 @dataclass
-class GrpcRouter:
+class FrontDoor:
+    """A gRPC server over a ServeBackend."""
+
     server: grpc.aio.Server
     backend: ServeBackend
 
@@ -35,11 +37,11 @@ class GrpcRouter:
         await self.backend.close()
 
 
-async def start_router(
+async def start_front_door(
     app_name: str, host: str = "127.0.0.1", port: int = 50051, max_queued_requests: int = 1024
-) -> GrpcRouter:
+) -> FrontDoor:
     """Serve the application's engine deployment on host:port. The engine configuration comes
-    from a replica, so the router validates and hashes exactly as the replicas do. Call on the
+    from a replica, so the front door validates and hashes exactly as the replicas do. Call on the
     event loop that will serve the calls, in a process connected to the Ray cluster."""
     handle = serve.get_deployment_handle(DEPLOYMENT, app_name=app_name)
     config: EngineConfig = await handle.engine_config.remote()
@@ -48,11 +50,11 @@ async def start_router(
     backend = ServeBackend(handle, requests, config.model.name, app_name, max_queued_requests)
     await backend.start()
     server = await serve_grpc(backend, host, port)
-    return GrpcRouter(server, backend)
+    return FrontDoor(server, backend)
 
 
-class RouterThread:
-    """A router serving from an event loop on a thread of its own, for synchronous callers
+class FrontDoorThread:
+    """A front door serving from an event loop on a thread of its own, for synchronous callers
     (tests, benchmarks) in a process connected to the Ray cluster."""
 
     def __init__(
@@ -66,13 +68,13 @@ class RouterThread:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.router = self.run(start_router(app_name, host, port, max_queued_requests))
+        self.front_door = self.run(start_front_door(app_name, host, port, max_queued_requests))
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
         """Run ``coro`` on the router's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout_s)
 
     def stop(self) -> None:
-        self.run(self.router.stop(grace_s=1.0))
+        self.run(self.front_door.stop(grace_s=1.0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)

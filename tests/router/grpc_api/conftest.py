@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
+from cluster.local_backend import LocalBackend
 from router.client import GenerationClient
-from router.server import LocalBackend, serve, stop
+from router.grpc_api import serve, stop
 from tests.net import free_port
 from tests.worker.engine_helpers import make_engine
 from worker.async_engine import AsyncEngine

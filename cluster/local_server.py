@@ -1,0 +1,49 @@
+"""`kvfleet serve`: one model served in this process on the gRPC API, in the foreground, without
+Ray or Redis: the smallest deployment, and the front door's own test bed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from pathlib import Path
+
+from cluster.local_backend import LocalBackend
+from router.grpc_api.app import serve, stop
+from worker.async_engine import AsyncEngine
+from worker.config import EngineConfig
+from worker.engine import Engine
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="model directory")
+    parser.add_argument("--name", default="", help="served model name (default: directory name)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--max-queued-requests", type=int, default=1024)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_queued_requests < 1:
+        raise ValueError(
+            f"--max-queued-requests must be at least 1, got {args.max_queued_requests}"
+        )
+    asyncio.run(_serve(args))
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    engine = AsyncEngine(Engine(EngineConfig(model=args.model)))
+    backend = LocalBackend(engine, args.name or args.model.name, args.max_queued_requests)
+    server = await serve(backend, args.host, args.port)
+    print(f"kvfleet serve: {backend.model_name} on {args.host}:{args.port}", flush=True)
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
+    try:
+        await stopping.wait()
+    finally:
+        await stop(server)
+        engine.shutdown()

@@ -1,0 +1,43 @@
+"""What the gRPC layer serves validated requests with: one in-process engine
+(cluster/local_backend.py) or Ray Serve replicas chosen by the routing policy
+(cluster/serve_backend.py)."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncGenerator, Collection
+
+from worker.errors import DuplicateRequestError, OverloadedError
+from worker.messages import GenerationRequest, RequestOutput
+from worker.request_builder import RequestBuilder
+
+
+class Backend(abc.ABC):
+    """Runs validated requests. ``requests`` validates and tokenizes exactly as the engines
+    behind it do, so the front door refuses bad input before anything is queued. Errors are
+    kvfleet's own (worker/errors.py), so that the gRPC layer can map each to one status code.
+    Closing a ``generate`` stream before its final output aborts the request."""
+
+    requests: RequestBuilder
+    model_name: str
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
+        """Yield the request's deltas until the final one; raises (DuplicateRequestError,
+        OverloadedError, NoReplicaError, ...) before anything is queued when it cannot run."""
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> bool:
+        """Abort a running request; False if no such request is running."""
+
+    @abc.abstractmethod
+    def healthy(self) -> bool:
+        """Whether a request sent now can be served."""
+
+
+def check_admission(request_id: str, running: Collection[str], max_queued: int) -> None:
+    """Refuse a request id already running here, or one more request than ``max_queued``."""
+    if request_id in running:
+        raise DuplicateRequestError(request_id)
+    if len(running) >= max_queued:
+        raise OverloadedError(f"{len(running)} requests in flight, at most {max_queued}")

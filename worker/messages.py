@@ -1,0 +1,51 @@
+"""What crosses between a front door and an engine replica, in-process or through a Serve
+call: the validated request in, its output deltas back. Plain, picklable and free of torch, so
+the router imports them without loading the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.sampling_params import SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """A request that passed validation (worker.request_builder.RequestBuilder is the only thing
+    that makes one): its prompt is token ids within the vocabulary and the context, and its
+    parameters are within the engine's limits. Engines run it without checking again."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    cache_salt: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """The sampled token's log-probability and the top-n alternatives, from the raw logits."""
+
+    token_logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    """New tokens and text since the previous output of the same request. The last output has
+    ``finished`` set, a ``finish_reason`` ("stop", "length", "abort" or "error"), the matched
+    stop (a string or token id) in ``stop_reason``, and usage and timings."""
+
+    request_id: str
+    token_ids: list[int]
+    text: str
+    logprobs: list[TokenLogprobs] | None
+    finished: bool = False
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+    num_prompt_tokens: int = 0
+    num_output_tokens: int = 0
+    num_cached_tokens: int = 0
+    queue_time_s: float | None = None
+    time_to_first_token_s: float | None = None
+    error: str | None = None
+    served_by: str | None = None  # the replica's id, set on the final output when routed
