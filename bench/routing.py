@@ -189,7 +189,7 @@ def index_bytes_per_block(scale: Scale) -> float:
     """Everything router/ allocates for an index fed events until it evicts at its cap."""
     rng = random.Random(5)
     tracemalloc.start()
-    index = PrefixIndex(BLOCK, max_bytes=scale.memory_cap)
+    index = PrefixIndex(BLOCK, scale.memory_cap, RouterConfig().predicted_ttl_s)
     for r in range(8):
         index.add_replica(str(r))
     seqs = [0] * 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from ray.serve.handle import DeploymentHandle
 from redis.connection import parse_url
 
 from cluster.replica import EngineReplica
+from router.policy import RouterConfig
 from worker.config import EngineConfig
 
 DEPLOYMENT = "engine"
@@ -38,8 +40,7 @@ class FleetConfig:
     torch_threads: int | None = None
     max_ongoing_requests: int = 256
     stats_period_s: float = 0.2
-    predicted_ttl_s: float = 10.0
-    extra_router_kwargs: dict[str, object] = field(default_factory=dict)
+    router: RouterConfig = field(default_factory=RouterConfig)  # its block_size: the engine's
 
     def __post_init__(self) -> None:
         if self.num_replicas < 1:
@@ -72,11 +73,11 @@ def build_app(config: FleetConfig) -> Application:
     router_options: dict[str, Any] = {
         "request_router_class": POLICIES[config.policy],
         "request_router_kwargs": {
-            "block_size": config.engine.block_size,
+            "config": dataclasses.replace(
+                config.router, block_size=config.engine.block_size
+            ).to_json(),
             "redis_url": config.redis_url,
             "namespace": config.app_name,
-            "predicted_ttl_s": config.predicted_ttl_s,
-            **config.extra_router_kwargs,
         },
         "request_routing_stats_period_s": config.stats_period_s,
         "request_routing_stats_timeout_s": max(1.0, 5 * config.stats_period_s),

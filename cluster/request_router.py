@@ -41,22 +41,15 @@ _MAX_UNROUTED = 10_000  # decisions awaiting on_request_routed; older ones were 
 class PrefixAwareRequestRouter(RequestRouter):
     """kvfleet's policy as a Serve request router (see the module docstring)."""
 
-    def initialize_state(
-        self,
-        block_size: int = 16,
-        redis_url: str | None = None,
-        namespace: str = "kvfleet",
-        predicted_ttl_s: float = 10.0,
-        max_index_bytes: int = 256 << 20,
-        **_: Any,
-    ) -> None:
-        config = RouterConfig(
-            block_size=block_size, predicted_ttl_s=predicted_ttl_s, max_index_bytes=max_index_bytes
-        )
-        self.policy = PrefixAwarePolicy(config)
+    def initialize_state(self, **kwargs: Any) -> None:
+        """``kwargs`` as cluster/app.py builds them: ``config`` (a RouterConfig as JSON),
+        ``redis_url`` (None: predicted entries alone) and ``namespace`` (the KV-event keys')."""
+        self.policy = PrefixAwarePolicy(RouterConfig.from_json(kwargs["config"]))
+        redis_url: str | None = kwargs["redis_url"]
         self.subscriber: KVEventSubscriber | None = None
         if redis_url is not None:
-            self.subscriber = KVEventSubscriber(redis_url, StreamKeys(namespace), self.policy)
+            keys = StreamKeys(kwargs["namespace"])
+            self.subscriber = KVEventSubscriber(redis_url, keys, self.policy)
         self._unrouted: OrderedDict[str, RoutingDecision] = OrderedDict()
         self._stats_seen: dict[str, int] = {}
 

@@ -33,17 +33,14 @@ class CostModel:
     max_waiting: int = 256
 
     def admits(self, load: ReplicaLoad) -> bool:
-        """Under the queue cap (the KV cap depends on the prompt: see ``fits``)."""
+        """Under the queue cap (the KV cap depends on the prompt)."""
         return load.num_waiting < self.max_waiting
 
     def free_blocks(self, load: ReplicaLoad, block_size: int) -> int:
         return load.report.num_free_blocks - -(-int(load.pending_tokens) // block_size)
 
-    def fits(self, load: ReplicaLoad, uncached_tokens: int, block_size: int) -> bool:
-        return -(-uncached_tokens // block_size) <= self.free_blocks(load, block_size)
-
     def queue_s(self, load: ReplicaLoad, prefill_rate: float) -> float:
-        """The part of ``ttft_s`` that does not depend on the prompt: work already ahead of it."""
+        """The part of the TTFT that does not depend on the prompt: work already ahead of it."""
         report = load.report
         work = load.queued_tokens + report.num_running * self.running_token_equiv
         queue = work / prefill_rate
@@ -51,6 +48,3 @@ class CostModel:
             excess = (report.kv_usage - self.kv_soft_usage) / (1.0 - self.kv_soft_usage)
             queue += self.kv_penalty_s * min(1.0, excess)
         return queue
-
-    def ttft_s(self, load: ReplicaLoad, uncached_tokens: int, prefill_rate: float) -> float:
-        return self.queue_s(load, prefill_rate) + uncached_tokens / prefill_rate

@@ -37,9 +37,9 @@ class PrefixIndex:
 
     def __init__(
         self,
-        block_size: int = 16,
-        max_bytes: int = 256 << 20,
-        predicted_ttl_s: float = 10.0,
+        block_size: int,
+        max_bytes: int,
+        predicted_ttl_s: float,
         max_salted_roots: int = 4096,
     ) -> None:
         self.block_size = block_size

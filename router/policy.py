@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from router.cost import CostModel
 from router.hashing import PromptBlocks
@@ -29,6 +31,14 @@ class RouterConfig:
     margin_s: float = 0.005  # near-best: within max(margin_s, margin_rel * best) of the best
     margin_rel: float = 0.05
     seed: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values (Serve passes a request router's arguments as JSON)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RouterConfig:
+        return cls(**{**data, "cost": CostModel(**data["cost"])})
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,16 +4,29 @@ gaps and snapshots, replica removal, and the memory cap."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
 from router.hashing import PromptBlocks
 from router.index import PrefixIndex
+from router.policy import RouterConfig
 from tests.router.replica_sim import CacheReplica
 from worker.errors import UnknownReplicaError
 from worker.kv_events import BlockStored, SnapshotBuilder
 
 BLOCK = 16
+
+
+def make_index(**changes: Any) -> PrefixIndex:
+    """An index with the router's default settings, but for ``changes``."""
+    defaults = RouterConfig()
+    settings = {
+        "block_size": BLOCK,
+        "max_bytes": defaults.max_index_bytes,
+        "predicted_ttl_s": defaults.predicted_ttl_s,
+    }
+    return PrefixIndex(**{**settings, **changes})
 
 
 def prompt(tokens: list[int], salt: str | None = None) -> PromptBlocks:
@@ -25,7 +38,7 @@ def random_tokens(rng: random.Random, n: int) -> list[int]:
 
 
 def test_events_of_a_computed_prompt_make_it_an_exact_match() -> None:
-    index, replica = PrefixIndex(BLOCK), CacheReplica()
+    index, replica = make_index(), CacheReplica()
     index.add_replica("a")
     index.add_replica("b")
     tokens = list(range(100))  # 6 full blocks
@@ -41,7 +54,7 @@ def test_events_of_a_computed_prompt_make_it_an_exact_match() -> None:
 def test_exact_index_agrees_with_every_engine_cache_under_eviction() -> None:
     rng = random.Random(1)
     replicas = {name: CacheReplica(num_blocks=40) for name in "abc"}
-    index = PrefixIndex(BLOCK)
+    index = make_index()
     for name in replicas:
         index.add_replica(name)
     stems = [random_tokens(rng, 16 * rng.randrange(1, 6)) for _ in range(8)]
@@ -64,7 +77,7 @@ def test_exact_index_agrees_with_every_engine_cache_under_eviction() -> None:
 
 
 def test_removed_blocks_leave_the_index() -> None:
-    index, replica = PrefixIndex(BLOCK), CacheReplica(num_blocks=5)
+    index, replica = make_index(), CacheReplica(num_blocks=5)
     index.add_replica("a")
     first, second = list(range(65)), list(range(1000, 1065))
     replica.run(first)
@@ -77,7 +90,7 @@ def test_removed_blocks_leave_the_index() -> None:
 
 
 def test_a_gap_asks_for_resync_and_a_snapshot_restores_the_exact_state() -> None:
-    index, replica, builder = PrefixIndex(BLOCK), CacheReplica(num_blocks=24), SnapshotBuilder()
+    index, replica, builder = make_index(), CacheReplica(num_blocks=24), SnapshotBuilder()
     index.add_replica("a")
     rng = random.Random(2)
     prompts = [random_tokens(rng, 50) for _ in range(12)]
@@ -101,7 +114,7 @@ def test_a_gap_asks_for_resync_and_a_snapshot_restores_the_exact_state() -> None
 
 
 def test_duplicate_events_are_skipped_and_orphans_are_counted() -> None:
-    index, replica = PrefixIndex(BLOCK), CacheReplica()
+    index, replica = make_index(), CacheReplica()
     index.add_replica("a")
     replica.run(list(range(40)))
     events = replica.drain()
@@ -116,7 +129,7 @@ def test_duplicate_events_are_skipped_and_orphans_are_counted() -> None:
 
 def test_salted_blocks_are_indexed_once_this_router_has_routed_that_salt() -> None:
     tokens = list(range(80))
-    index, replica = PrefixIndex(BLOCK, predicted_ttl_s=1.0), CacheReplica()
+    index, replica = make_index(predicted_ttl_s=1.0), CacheReplica()
     index.add_replica("a")
     replica.run(tokens, cache_salt="s1")
     index.apply_events("a", replica.drain(), now=0.0)
@@ -132,7 +145,7 @@ def test_salted_blocks_are_indexed_once_this_router_has_routed_that_salt() -> No
 
 
 def test_predicted_entries_match_until_their_ttl_ends() -> None:
-    index = PrefixIndex(BLOCK, predicted_ttl_s=10.0)
+    index = make_index(predicted_ttl_s=10.0)
     index.add_replica("a")
     index.add_replica("b")
     tokens = list(range(70))
@@ -145,7 +158,7 @@ def test_predicted_entries_match_until_their_ttl_ends() -> None:
 
 
 def test_exact_and_predicted_entries_combine_per_block() -> None:
-    index, replica = PrefixIndex(BLOCK), CacheReplica()
+    index, replica = make_index(), CacheReplica()
     index.add_replica("a")
     tokens = list(range(130))
     replica.run(tokens[:64])
@@ -155,7 +168,7 @@ def test_exact_and_predicted_entries_combine_per_block() -> None:
 
 
 def test_a_removed_replica_is_purged_and_its_bit_is_not_inherited() -> None:
-    index, replica = PrefixIndex(BLOCK), CacheReplica()
+    index, replica = make_index(), CacheReplica()
     index.add_replica("a")
     tokens = list(range(100))
     replica.run(tokens)
@@ -173,7 +186,7 @@ def test_a_removed_replica_is_purged_and_its_bit_is_not_inherited() -> None:
 
 def test_memory_stays_under_the_cap_and_eviction_is_least_recently_used() -> None:
     cap = 96 << 10
-    index = PrefixIndex(BLOCK, max_bytes=cap, predicted_ttl_s=1e6)
+    index = make_index(max_bytes=cap, predicted_ttl_s=1e6)
     index.add_replica("a")
     rng = random.Random(3)
     hot = random_tokens(rng, 16 * 20 + 1)
@@ -192,7 +205,7 @@ def test_memory_stays_under_the_cap_and_eviction_is_least_recently_used() -> Non
 
 
 def test_predictions_survive_the_rebase_of_the_tick_clock() -> None:
-    index = PrefixIndex(BLOCK, predicted_ttl_s=10.0)
+    index = make_index(predicted_ttl_s=10.0)
     index.add_replica("a")
     tokens = list(range(70))
     start = 0.0
@@ -205,7 +218,7 @@ def test_predictions_survive_the_rebase_of_the_tick_clock() -> None:
 
 
 def test_an_index_full_at_its_cap_costs_at_most_64_bytes_a_block() -> None:
-    index = PrefixIndex(BLOCK, max_bytes=1 << 20)
+    index = make_index(max_bytes=1 << 20)
     index.add_replica("a")
     replica = CacheReplica(num_blocks=1 << 15)
     rng = random.Random(4)

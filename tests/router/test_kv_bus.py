@@ -18,11 +18,11 @@ import redis.asyncio
 from cluster.kv_publisher import KVEventPublisher
 from cluster.redis_server import RedisServer, RedisServerError
 from router.hashing import PromptBlocks
-from router.index import PrefixIndex
 from router.kv_bus import StreamKeys
 from router.kv_subscriber import KVEventSubscriber
 from router.policy import PrefixAwarePolicy, RouterConfig
 from tests.router.replica_sim import CacheReplica
+from tests.router.test_index import make_index
 from tests.worker.engine_helpers import make_engine, run_all
 from worker.errors import UnknownReplicaError
 from worker.kv_events import KVEvent, KVEventLog
@@ -79,7 +79,7 @@ def matches_truth(
     feed = policy.index.feed(replica_id)
     if not log.next_seq == truth.next_seq == feed.next_seq or feed.needs_resync:
         return False
-    reference = PrefixIndex(BLOCK)
+    reference = make_index()
     reference.add_replica(replica_id)
     reference.apply_snapshot(replica_id, truth, now=0.0)
     now = time.monotonic()

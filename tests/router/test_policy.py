@@ -202,7 +202,6 @@ def test_decode_pressure_and_kv_usage_raise_the_estimated_ttft() -> None:
     base, busy, full = ReplicaLoad(0.0), ReplicaLoad(0.0), ReplicaLoad(0.0)
     busy.on_report(report(running=40), now=0.0)
     full.on_report(report(kv=0.9), now=0.0)
-    idle = model.ttft_s(base, 1000, RATE)
-    assert idle == pytest.approx(1000 / RATE)
-    assert model.ttft_s(busy, 1000, RATE) == pytest.approx((1000 + 40 * 16) / RATE)
-    assert model.ttft_s(full, 1000, RATE) == pytest.approx(idle + model.kv_penalty_s / 2)
+    assert model.queue_s(base, RATE) == 0.0
+    assert model.queue_s(busy, RATE) == pytest.approx(40 * 16 / RATE)
+    assert model.queue_s(full, RATE) == pytest.approx(model.kv_penalty_s / 2)

@@ -23,9 +23,5 @@ class Executor(ABC):
         """The sampled tokens of the oldest submitted step; raises WorkerFailedError if a rank
         died or failed."""
 
-    def execute(self, step: StepInput) -> list[SampledToken]:
-        self.submit(step)
-        return self.receive()
-
     @abstractmethod
     def shutdown(self) -> None: ...
