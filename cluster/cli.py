@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from cluster import generate, local_server, router_process, supervisor, up
-from cluster.demo_model import PRESETS, write_demo_model
 from worker.errors import KVFleetError
+
+# A local Ray cluster (`kvfleet up`) turns token authentication on by default, and a process
+# joining it (`kvfleet router`, `kvfleet status`) sends the token only in this mode, which Ray
+# reads once, when it is first imported: so the commands are imported after it is set.
+RAY_AUTH_MODE = ("RAY_AUTH_MODE", "token")
 
 
 def _demo_model(args: argparse.Namespace) -> int:
+    from cluster.demo_model import write_demo_model
+
     write_demo_model(Path(args.dir), preset=args.preset, seed=args.seed)
     print(f"wrote the {args.preset} demo model to {args.dir}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    os.environ.setdefault(*RAY_AUTH_MODE)
+    from cluster import fleet_status, generate, local_server, router_process, supervisor, up
+    from cluster.demo_model import PRESETS
+
     parser = argparse.ArgumentParser(prog="kvfleet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -45,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     local_server.add_arguments(single)
     single.set_defaults(run=local_server.run)
 
+    status = commands.add_parser(
+        "status", help="each replica of the running fleet: KV blocks, requests, integrity"
+    )
+    fleet_status.add_arguments(status)
+    status.set_defaults(run=fleet_status.run)
+
     gen = commands.add_parser("generate", help="stream one completion from a running router")
     generate.add_arguments(gen)
     gen.set_defaults(run=generate.run)
@@ -65,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
-    except (KVFleetError, ValueError, up.FleetError) as exc:
+    except (KVFleetError, ValueError) as exc:
         parser.exit(2, f"kvfleet {args.command}: error: {exc}\n")
     return code
 

@@ -12,18 +12,19 @@ import time
 from pathlib import Path
 
 from cluster.supervisor import ERROR_FILE, LOG_FILE, STATE_FILE, RunState, fleet_config
+from worker.errors import KVFleetError
 
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 
 
-class FleetError(RuntimeError):
+class FleetError(KVFleetError):
     """The fleet could not be started or stopped; the message says why."""
 
 
 def up(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir
-    running = _running_state(run_dir)
+    running = running_state(run_dir)
     if running is not None:
         raise FleetError(
             f"already up (pid {running.pid}, router on {running.target}); `kvfleet down` first"
@@ -54,7 +55,7 @@ def up(args: argparse.Namespace) -> int:
 
 
 def down(args: argparse.Namespace) -> int:
-    state = _running_state(args.run_dir)
+    state = running_state(args.run_dir)
     if state is None:
         print("kvfleet down: nothing is running")
         return 0
@@ -79,7 +80,7 @@ def _check_port_free(host: str, port: int) -> None:
             raise FleetError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
 
 
-def _running_state(run_dir: Path) -> RunState | None:
+def running_state(run_dir: Path) -> RunState | None:
     """The state of a fleet that is still running; a stale file (killed process) is removed."""
     state = RunState.read(run_dir)
     if state is not None and not process_alive(state.pid):

@@ -98,6 +98,11 @@ def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
         assert "[length on replica" in done.stderr and "8 generated" in done.stderr
         bad = subprocess.run([*generate, "--top-p", "0", "x"], capture_output=True, text=True)
         assert bad.returncode == 1 and "INVALID_ARGUMENT: sampling.top_p" in bad.stderr
+        status = [*KVFLEET, "status", "--run-dir", str(run_dir)]
+        shown = subprocess.run(status, capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr
+        replicas = [line for line in shown.stdout.splitlines() if "KV blocks" in line]
+        assert len(replicas) == 2 and all("integrity ok" in line for line in replicas)
     finally:
         subprocess.run([*KVFLEET, "down", "--run-dir", str(run_dir)], check=True, timeout=120)
     assert RunState.read(run_dir) is None

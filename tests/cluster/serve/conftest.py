@@ -13,9 +13,10 @@ import ray
 from ray import serve
 
 from cluster.app import DEPLOYMENT, FleetConfig, deploy
+from cluster.fleet_status import kv_states
 from cluster.front_door import FrontDoorThread
 from cluster.redis_server import RedisServer
-from cluster.replica import KVState, Pinned, replica_ids
+from cluster.replica import KVState, replica_ids
 from router.client import GenerationClient
 from tests.net import free_port
 from worker.config import EngineConfig
@@ -42,10 +43,7 @@ class Fleet:
 
     def kv_states(self) -> dict[str, KVState]:
         """Every replica's KV state, integrity checked, by replica id."""
-        return {
-            replica_id: self.handle.kv_state.remote(Pinned(replica_id)).result(timeout_s=30)
-            for replica_id in self.replica_ids()
-        }
+        return kv_states(self.config.app_name)
 
     def wait_until_idle(self, timeout_s: float = 10.0) -> None:
         """No request left on any replica and every KV block back in its pool."""
