@@ -23,6 +23,7 @@ def _bad_cases(vocab_size: int) -> list[tuple[str, str | list[int], Sampling, st
         ("token id out of vocab", [1, vocab_size], GOOD, "token_ids"),
         ("too many stop strings", "hi", {**GOOD, "stop": ["x"] * 17}, "sampling.stop"),
         ("max_tokens past context", "hi", {**GOOD, "max_tokens": 10**6}, "sampling.max_tokens"),
+        ("prompt over the size limit", "word " * 10_000, GOOD, "prompt"),
     ]
 
 
@@ -41,6 +42,19 @@ def test_every_bad_input_gets_invalid_argument_naming_its_field(
     assert len(first.token_ids) + sum(len(r.token_ids) for r in rest) == 32
     assert rest[-1].finished.reason == pb.FINISH_REASON_LENGTH
     server.wait_until_idle()
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [({"request_id": "r" * 257}, "request_id"), ({"cache_salt": "s" * 257}, "cache_salt")],
+)
+def test_oversized_ids_are_invalid_argument(
+    client: GenerationClient, options: dict[str, str], field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        list(client.generate("hi", **options, **GOOD))  # type: ignore[arg-type]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == f"{field}: 257 characters, at most 256"
 
 
 def test_unknown_model_is_invalid_argument(client: GenerationClient) -> None:
