@@ -7,7 +7,7 @@ DEMO_MODEL := .kvfleet/demo-tiny
 PROMPT ?= The scheduler gives each running request one token per step, then
 MAX_TOKENS ?= 48
 
-.PHONY: demo test lint unit venv redis-server
+.PHONY: demo test quick lint unit venv redis-server
 
 venv: $(STAMP)
 
@@ -44,3 +44,8 @@ unit: $(STAMP) redis-server
 	$(PY) -m pytest -q
 
 test: lint unit
+
+# The edit loop: lint, then everything but the tests marked slow (Ray replicas, Serve fleets,
+# multi-process torch.distributed). `make test`, which CI runs, runs those too.
+quick: lint redis-server
+	$(PY) -m pytest -q -m "not slow"

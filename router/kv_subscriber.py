@@ -38,6 +38,7 @@ class SubscriberStats:
     connected: bool = False
     reconnects: int = 0  # times Redis answered again after a failure
     resyncs: int = 0  # snapshots applied
+    rounds: int = 0  # read rounds done: an XREAD answered (news or its timeout), or an idle wait
     bad_entries: int = 0  # stream entries and snapshots that could not be decoded or applied
 
 
@@ -114,6 +115,7 @@ class KVEventSubscriber(RedisLoop):
                 self._reconnected()
             await self._resync_due()
             await self._read()
+            self.stats.rounds += 1
             self.stats.connected = True
         except RedisError as error:
             if not self._down:

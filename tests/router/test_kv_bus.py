@@ -265,7 +265,8 @@ async def test_unwatched_replica_is_no_longer_read(
         batches = publisher.stats.published_batches
         await serve(replica, prompts[20:])
         await eventually(lambda: publisher.stats.published_batches > batches)
-        await asyncio.sleep(0.3)  # several XREAD rounds
+        rounds = subscriber.stats.rounds
+        await eventually(lambda: subscriber.stats.rounds >= rounds + 3)  # after the batch
     assert subscriber.watched == []
     assert policy.index.feed("r0").next_seq == read_up_to < publisher.snapshot().next_seq
 

@@ -26,6 +26,16 @@ NUM_REPLICAS = 2
 KV_CACHE_BYTES = 16 << 20
 
 
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here runs on the Serve fleet: all are slow."""
+    for item in items:
+        if item.path.parent == HERE:
+            item.add_marker(pytest.mark.slow)
+
+
 class Fleet:
     """The running fleet, and what tests read from it."""
 

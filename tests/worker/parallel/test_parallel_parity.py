@@ -15,6 +15,8 @@ from tests.worker.model.checkpoints import make_hf_model, random_tokens, save_ch
 from tests.worker.parallel.ranks import Case, Generation, load_and_generate, spawn_cases
 from worker.parallel import ParallelConfig, ParallelState
 
+pytestmark = pytest.mark.slow  # several torch.distributed processes
+
 DECODE_STEPS = 32
 # Summation order differs between shards (all-reduce of partial sums), so not bit-equal.
 TOLERANCE = 1e-4
