@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from cluster.cli import main
 from cluster.supervisor import RunState
 from cluster.up import process_alive
+from router.client import GenerationClient
 from tests.net import free_port
 
 KVFLEET = [sys.executable, "-m", "cluster.cli"]
@@ -107,3 +109,27 @@ def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
         subprocess.run([*KVFLEET, "down", "--run-dir", str(run_dir)], check=True, timeout=120)
     assert RunState.read(run_dir) is None
     assert not process_alive(state.pid)
+
+
+def test_serve_answers_generate_in_process_and_stops_on_sigterm(demo_model_dir: Path) -> None:
+    port = free_port()
+    serve = [*KVFLEET, "serve", "--model", str(demo_model_dir), "--port", str(port)]
+    process = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        assert f"on 127.0.0.1:{port}" in process.stdout.readline()
+        with GenerationClient(f"127.0.0.1:{port}") as client:
+            responses = list(client.generate("Hello", max_tokens=4, ignore_eos=True))
+        assert responses[-1].finished.usage.completion_tokens == 4
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+
+
+def test_serve_with_a_bad_model_directory_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--model", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "config.json: not found" in capsys.readouterr().err
