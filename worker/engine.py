@@ -17,7 +17,7 @@ from worker.errors import (
 from worker.executor import Executor, LocalExecutor
 from worker.kv_cache_manager import KVCacheManager
 from worker.kv_events import KVEvent
-from worker.load_report import LoadReport
+from worker.load_report import LoadReport, PrefillRateMeter
 from worker.messages import GenerationRequest, RequestOutput
 from worker.model.loader import load_model
 from worker.model_config import ModelConfig
@@ -67,7 +67,8 @@ class Engine:
         self.times = StepTimes()
         self._states: dict[str, OutputState] = {}
         self._eos_ids = frozenset(self.model_config.eos_token_ids)
-        self._in_flight: deque[SchedulerOutput] = deque()
+        self._in_flight: deque[tuple[SchedulerOutput, float]] = deque()  # (batch, submitted)
+        self.prefill_rate = PrefillRateMeter()
 
     def _make_executor(self, num_blocks: int) -> Executor:
         config, mc = self.config, self.model_config
@@ -156,7 +157,7 @@ class Engine:
             except WorkerFailedError:
                 self._abort_all()
                 raise
-            self._in_flight.append(batch)
+            self._in_flight.append((batch, t2))
             times.execute += time.perf_counter() - t2
         if not self._in_flight:
             return []
@@ -167,7 +168,11 @@ class Engine:
             self._abort_all()
             raise
         t3 = time.perf_counter()
-        outputs = self._process(self._in_flight.popleft(), sampled)
+        batch, submitted = self._in_flight.popleft()
+        # Submission to result: with pipeline parallelism batches overlap, so this undercounts
+        # the throughput by up to the number of stages.
+        self.prefill_rate.observe(batch.num_prefill_tokens, t3 - submitted)
+        outputs = self._process(batch, sampled)
         times.execute += t3 - t2
         times.output += time.perf_counter() - t3
         times.steps += 1
@@ -212,7 +217,10 @@ class Engine:
         self.executor.shutdown()
 
     def load_report(self) -> LoadReport:
-        return self.kv.load_report(self.scheduler.waiting, len(self.scheduler.running))
+        scheduler = self.scheduler
+        return self.kv.load_report(
+            scheduler.waiting, len(scheduler.running), self.prefill_rate.tokens_per_s
+        )
 
     def drain_kv_events(self) -> list[KVEvent]:
         return self.kv.pool.events.drain()

@@ -102,7 +102,9 @@ class KVCacheManager:
         self._num_cached_blocks.pop(request.request_id, None)
         self.pool.free(reversed(blocks))
 
-    def load_report(self, waiting: Iterable[Request], num_running: int) -> LoadReport:
+    def load_report(
+        self, waiting: Iterable[Request], num_running: int, prefill_tokens_per_s: float = 0.0
+    ) -> LoadReport:
         """The replica's load as routers read it, given its queue of waiting requests."""
         waiting = list(waiting)
         return LoadReport(
@@ -116,6 +118,7 @@ class KVCacheManager:
             num_free_blocks=self.pool.num_free,
             prefix_queries=self.prefix_queries,
             prefix_hits=self.prefix_hits,
+            prefill_tokens_per_s=prefill_tokens_per_s,
         )
 
     def check_integrity(self) -> None:

@@ -54,6 +54,16 @@ class SchedulerOutput:
     def num_batched_tokens(self) -> int:
         return sum(s.num_new_tokens for s in self.scheduled)
 
+    @property
+    def num_prefill_tokens(self) -> int:
+        """Tokens computed beyond one decode token per generating request: prompt chunks, and
+        the recompute of preempted requests."""
+        return sum(
+            s.num_new_tokens
+            for s in self.scheduled
+            if s.num_new_tokens > 1 or s.start < s.request.num_prompt_tokens
+        )
+
 
 class Scheduler:
     """One mixed batch per step under a token budget. Running requests first, in arrival order,
