@@ -1,257 +1,267 @@
-"""The simulated fleet behind bench.routing: replicas built on the engine's own prefix cache,
-the baseline policies, the event loop that drives them, and the single-cache oracle."""
+"""The closed-loop fleet behind bench.routing, in virtual time.
+
+Each replica is the engine's own scheduler, KV cache manager and block pool (prefix cache, LRU
+eviction, KV events, load reports exactly as the engine computes them); only the model is
+replaced by a cost: a step takes ``step_s``, plus ``seq_s`` per sequence in it, plus
+``prefill_s_per_token`` for every token it computes beyond one decode token per running
+request. ``clients`` closed-loop clients each send their session's next turn once the previous
+answer is complete and the turn's think time has passed, so up to ``clients`` requests are in
+flight. A replica's KV events reach the router ``event_lag_s`` late; its load
+report goes out every ``report_period_s`` and arrives ``report_lag_s`` late.
+"""
 
 from __future__ import annotations
 
-import random
+import functools
+import heapq
+import itertools
 import statistics
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from router import PrefixAwarePolicy, RouterConfig
-from worker.errors import OverloadedError
+from bench.routing_workloads import VOCAB, Session, Workload
 from worker.kv_cache_manager import KVCacheManager
 from worker.kv_events import KVEvent
-from worker.load_report import LoadReport
-from worker.request import Request
+from worker.load_report import LoadReport, PrefillRateMeter
+from worker.request import Request, RequestStatus
 from worker.sampling_params import SamplingParams
+from worker.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 
-BLOCK, SYSTEM, QUESTION, OUTPUT = 16, 2048, 128, 64
-PREFILL_RATE, STEP_S, DECODE_S = 8000, 0.01, OUTPUT * 0.025
-EVENT_LAG_S, REPORT_EVERY, REPORT_LAG_S = 0.05, 10, 0.02
-LOAD = 0.8  # x the requests/s the cluster could prefill with no cache: the workload's rate
-HOT_LOAD = 0.5  # x the requests/s it could prefill if every prefix hit: an extra, busy run
-KV_ROOM = 1.5  # replica KV capacity over the blocks of the quarter of the groups it starts with
-VOCAB = 150_000
-PARAMS = SamplingParams(max_tokens=OUTPUT)
+BLOCK = 16
 
 
-class SimReplica:
-    """The engine's prefix cache and a FCFS service model: one prefill at a time at
-    PREFILL_RATE, chunked per step, then DECODE_S of decoding holding the request's blocks."""
+@dataclass(frozen=True)
+class Speed:
+    """What a replica's step costs; the two regimes the benchmark runs every workload in."""
 
-    def __init__(self, num_blocks: int) -> None:
-        self.kv = KVCacheManager(num_blocks, BLOCK)
-        self.waiting: deque[Request] = deque()
-        self.prefilling: Request | None = None
-        self.decoding: deque[tuple[float, Request]] = deque()
-        self.served = self.hit_tokens = self.prompt_tokens = 0
+    name: str
+    prefill_s_per_token: float
+    step_s: float  # every step
+    seq_s: float  # every sequence in the step (reading its KV cache)
+    output_tokens: int
 
-    def prefill_at_once(self, request: Request) -> int:
-        """Admit, compute, cache and free a whole prompt at once; its cache-hit tokens."""
-        assert self.kv.admit(request, request.num_tokens) is not None
-        hit_tokens = request.num_computed_tokens
-        request.num_computed_tokens = request.num_tokens
-        self.kv.cache_blocks(request)
-        self.kv.free(request)
-        return hit_tokens
 
-    def submit(self, request: Request) -> None:
-        self.waiting.append(request)
-        self.served += 1
+PREFILL_BOUND = Speed("prefill_bound", 1 / 4000, step_s=0.01, seq_s=0.0005, output_tokens=32)
+DECODE_BOUND = Speed("decode_bound", 1 / 40000, step_s=0.01, seq_s=0.0005, output_tokens=128)
 
-    def step(self, now: float) -> tuple[list[str], list[str]]:
-        """Advance one step; return (requests whose prefill finished, requests finished)."""
-        first_tokens, finished = [], []
-        budget = int(PREFILL_RATE * STEP_S)
-        while budget > 0 and (self.prefilling is not None or self._admit()):
-            request = self.prefilling
-            assert request is not None
-            take = min(budget, request.num_tokens - request.num_computed_tokens)
-            request.num_computed_tokens += take
-            budget -= take
-            self.kv.cache_blocks(request)
-            if request.num_computed_tokens == request.num_tokens:
-                self.decoding.append((now + DECODE_S, request))
-                first_tokens.append(request.request_id)
-                self.prefilling = None
-        while self.decoding and self.decoding[0][0] <= now:
-            request = self.decoding.popleft()[1]
-            self.kv.free(request)
-            finished.append(request.request_id)
-        return first_tokens, finished
 
-    def _admit(self) -> bool:
-        if not self.waiting:
-            return False
-        request = self.waiting[0]
-        # The whole prompt and the output's blocks at once: this model prefills one request at
-        # a time, then decodes it without growing.
-        if self.kv.admit(request, request.num_tokens, lookahead_tokens=OUTPUT) is None:
-            return False  # wait for decodes to free blocks
-        self.waiting.popleft()
-        self.hit_tokens += request.num_computed_tokens
-        self.prompt_tokens += request.num_tokens
-        self.prefilling = request
-        return True
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.waiting or self.prefilling or self.decoding)
-
-    def report(self) -> LoadReport:
-        running = len(self.decoding) + (self.prefilling is not None)
-        return self.kv.load_report(self.waiting, running)
+@dataclass(frozen=True)
+class FleetShape:
+    replicas: int
+    blocks_per_replica: int
+    clients: int
+    event_lag_s: float = 0.05
+    report_period_s: float = 0.1
+    report_lag_s: float = 0.02
+    max_num_batched_tokens: int = 2048
 
 
 class Policy:
-    """Where each request goes; told what a router would be told."""
+    """Where each request goes; told what a router is told. Subclasses implement ``route`` and
+    the hooks they need."""
 
     def route(self, request_id: str, tokens: list[int], now: float) -> int:
         raise NotImplementedError
 
     def on_events(self, replica: int, events: list[KVEvent], now: float) -> None:
-        pass
+        """The replica's KV events, ``event_lag_s`` after they happened."""
 
-    def on_report(self, replica: int, report: LoadReport, now: float) -> None:
-        pass
+    def on_report(self, replica: int, report: LoadReport, taken: float) -> None:
+        """The replica's load report, delivered ``report_lag_s`` after ``taken``."""
 
-    def on_first_token(self, replica: int, request_id: str) -> None:
-        pass
+    def on_first_token(self, replica: int, request_id: str, now: float) -> None:
+        """A request this policy routed streamed its first token back."""
 
-    def on_finished(self, replica: int, request_id: str) -> None:
-        pass
-
-
-class Kvfleet(Policy):
-    """``routers`` independent PrefixAwareRouters taking requests in turn, each told every
-    replica's events and reports, and the first token of the requests it routed."""
-
-    def __init__(self, replicas: int, routers: int, seed: int) -> None:
-        # The fleet's report lag is known here; an operator configures it the same way.
-        self.routers = [
-            PrefixAwarePolicy(RouterConfig(seed=seed + i, report_lag_s=REPORT_LAG_S + STEP_S))
-            for i in range(routers)
-        ]
-        for router in self.routers:
-            for r in range(replicas):
-                router.add_replica(str(r), prefill_tokens_per_s=PREFILL_RATE)
-        self.owner: dict[str, PrefixAwarePolicy] = {}
-        self.count = 0
-
-    def route(self, request_id: str, tokens: list[int], now: float) -> int:
-        router = self.routers[self.count % len(self.routers)]  # a quarter each, in turn
-        replica = int(router.route(request_id, tokens, now=now).replica_id)
-        self.count += 1
-        self.owner[request_id] = router
-        return replica
-
-    def on_events(self, replica: int, events: list[KVEvent], now: float) -> None:
-        for router in self.routers:
-            router.on_kv_events(str(replica), events, now)
-
-    def on_report(self, replica: int, report: LoadReport, now: float) -> None:
-        for router in self.routers:
-            router.on_load_report(str(replica), report, now)
-
-    def on_first_token(self, replica: int, request_id: str) -> None:
-        self.owner.pop(request_id).release(str(replica), request_id)
+    def on_finished(self, replica: int, request_id: str, now: float) -> None:
+        """A request this policy routed finished."""
 
 
-class RoundRobin(Policy):
-    def __init__(self, replicas: int) -> None:
-        self.replicas, self.count = replicas, 0
+class SimReplica:
+    """The engine's scheduling and KV bookkeeping, with a cost model in place of the model."""
 
-    def route(self, request_id: str, tokens: list[int], now: float) -> int:
-        self.count += 1
-        return self.count % self.replicas
+    def __init__(self, num_blocks: int, speed: Speed, budget: int) -> None:
+        self.kv = KVCacheManager(num_blocks, BLOCK)
+        self.scheduler = Scheduler(SchedulerConfig(budget, max_num_seqs=256), self.kv)
+        self.speed = speed
+        self.batch: SchedulerOutput | None = None
+        self.served = 0
+        self.prefill_rate = PrefillRateMeter()  # measured as the engine measures it
+
+    @property
+    def busy(self) -> bool:
+        return self.batch is not None
+
+    def submit(self, request: Request) -> None:
+        self.scheduler.add(request)
+        self.served += 1
+
+    def start_step(self) -> float | None:
+        """Schedule a batch; its duration, or None if there is nothing to run."""
+        batch = self.scheduler.schedule()
+        if not batch.scheduled:
+            return None
+        self.batch = batch
+        speed, computed = self.speed, batch.num_prefill_tokens
+        duration = speed.step_s + len(batch.scheduled) * speed.seq_s
+        duration += computed * speed.prefill_s_per_token
+        self.prefill_rate.observe(computed, duration)
+        return duration
+
+    def end_step(self) -> tuple[list[Request], list[Request]]:
+        """Apply the batch as Engine._process does; (requests that got their first token,
+        requests that finished)."""
+        assert self.batch is not None
+        batch, self.batch = self.batch, None
+        for item in batch.scheduled:
+            if item.is_current:
+                self.kv.cache_blocks(item.request)
+        first, done = [], []
+        for item in batch.scheduled:
+            request = item.request
+            if not (item.samples and item.is_current):
+                continue
+            request.append_output_token(_output_token(request))
+            if request.num_output_tokens == 1:
+                first.append(request)
+            if request.num_output_tokens >= request.params.max_tokens:
+                self.scheduler.finish(request, RequestStatus.FINISHED_LENGTH)
+                done.append(request)
+        return first, done
+
+    def load_report(self) -> LoadReport:
+        scheduler = self.scheduler
+        rate = self.prefill_rate.tokens_per_s
+        return self.kv.load_report(scheduler.waiting, len(scheduler.running), rate)
 
 
-class LeastLoaded(Policy):
-    def __init__(self, replicas: int, seed: int) -> None:
-        self.outstanding = [0] * replicas
-        self.rng = random.Random(seed)
-
-    def route(self, request_id: str, tokens: list[int], now: float) -> int:
-        least = min(self.outstanding)
-        pick = self.rng.choice([i for i, n in enumerate(self.outstanding) if n == least])
-        self.outstanding[pick] += 1
-        return pick
-
-    def on_finished(self, replica: int, request_id: str) -> None:
-        self.outstanding[replica] -= 1
+def _output_token(request: Request) -> int:
+    return hash((request.request_id, request.num_tokens)) % VOCAB
 
 
-def replica_blocks(groups: int) -> int:
-    """KV capacity of a replica: the system prompts of a quarter of the groups, plus half."""
-    return int(KV_ROOM * (groups // 4) * SYSTEM // BLOCK)
+@dataclass
+class Result:
+    hit_tokens: int = 0
+    prompt_tokens: int = 0
+    ttfts: list[float] = field(default_factory=list)
+    completed: int = 0
+    makespan_s: float = 0.0
+    served: list[int] = field(default_factory=list)
+    preemptions: int = 0
+
+    def figures(self) -> dict[str, float]:
+        ttfts = sorted(self.ttfts)
+        return {
+            "hit_rate": self.hit_tokens / max(1, self.prompt_tokens),
+            "load_max_over_mean": max(self.served) / statistics.mean(self.served),
+            "ttft_p50_s": ttfts[len(ttfts) // 2],
+            "ttft_p99_s": ttfts[min(len(ttfts) - 1, int(len(ttfts) * 0.99))],
+            "rps": self.completed / self.makespan_s,
+        }
 
 
-def holds(group: int, replica: int, replicas: int) -> bool:
-    return (group - replica) % replicas < replicas // 4
+@dataclass
+class _Client:
+    session: Session = field(default_factory=list)
+    turn: int = 0
+    history: list[int] = field(default_factory=list)
+    thought: bool = False  # the current turn's think time has passed
 
 
 def simulate(
-    policy: Policy,
-    prompts: list[list[int]],
-    systems: list[list[int]],
-    replicas: int,
-    seed: int,
-    rate: float,
-) -> dict[str, float]:
-    fleet = [SimReplica(replica_blocks(len(systems))) for _ in range(replicas)]
-    for r, replica in enumerate(fleet):
-        for g, system in enumerate(systems):
-            if holds(g, r, replicas):
-                replica.prefill_at_once(Request("warm", system, PARAMS, BLOCK))
-        policy.on_events(r, replica.kv.pool.events.drain(), 0.0)
-    rng = random.Random(seed)
-    arrivals: deque[tuple[float, int]] = deque()
-    clock = 0.0
-    for i in range(len(prompts)):
-        clock += rng.expovariate(rate)
-        arrivals.append((clock, i))
-    events: deque[tuple[float, int, list[KVEvent]]] = deque()
-    reports: deque[tuple[float, int, LoadReport]] = deque()
-    arrived: dict[str, float] = {}
-    ttfts = []
-    step = 0
-    backlog: deque[int] = deque()
-    while arrivals or backlog or any(r.busy for r in fleet):
-        now = step * STEP_S
-        while events and events[0][0] <= now:
-            policy.on_events(events[0][1], events[0][2], now)
-            events.popleft()
-        while reports and reports[0][0] <= now:
-            policy.on_report(reports[0][1], reports[0][2], now)
-            reports.popleft()
-        while arrivals and arrivals[0][0] <= now:
-            i = arrivals.popleft()[1]
-            arrived[f"q{i}"] = now
-            backlog.append(i)
-        while backlog:  # requests no replica can take now wait at the router, in order
-            i = backlog[0]
-            try:
-                target = policy.route(f"q{i}", prompts[i], now)
-            except OverloadedError:
-                break
-            backlog.popleft()
-            fleet[target].submit(Request(f"q{i}", prompts[i], PARAMS, BLOCK))
-        for r, replica in enumerate(fleet):
-            first_tokens, finished = replica.step(now)
-            for request_id in first_tokens:
-                ttfts.append(now + STEP_S - arrived[request_id])
-                policy.on_first_token(r, request_id)
-            for request_id in finished:
-                policy.on_finished(r, request_id)
-            if new := replica.kv.pool.events.drain():
-                events.append((now + EVENT_LAG_S, r, new))
-            if step % REPORT_EVERY == 0:
-                reports.append((now + REPORT_LAG_S, r, replica.report()))
-        step += 1
-    served = [r.served for r in fleet]
-    return {
-        "hit_rate": sum(r.hit_tokens for r in fleet) / sum(r.prompt_tokens for r in fleet),
-        "load_max_over_mean": max(served) / statistics.mean(served),
-        "ttft_p50_s": statistics.median(ttfts),
-    }
+    workload: Workload,
+    speed: Speed,
+    shape: FleetShape,
+    make_policy: Callable[[list[SimReplica]], Policy],
+) -> Result:
+    """Run every session of ``workload`` through a fresh fleet routed by ``make_policy``."""
+    replicas = [
+        SimReplica(shape.blocks_per_replica, speed, shape.max_num_batched_tokens)
+        for _ in range(shape.replicas)
+    ]
+    policy = make_policy(replicas)
+    sessions = deque(workload.sessions)
+    heap: list[tuple[float, int, Callable[[float], None]]] = []
+    order = itertools.count()
+    result = Result()
+    arrivals: dict[str, float] = {}
+    owners: dict[str, _Client] = {}
+    ids = itertools.count()
+    unfinished = [0]
 
+    def at(time: float, action: Callable[[float], None]) -> None:
+        heapq.heappush(heap, (time, next(order), action))
 
-def oracle_hit_rate(prompts: list[list[int]], systems: list[list[int]], replicas: int) -> float:
-    """One LRU prefix cache as big as the whole cluster, warmed with every group."""
-    cache = SimReplica(replicas * replica_blocks(len(systems)))
-    for system in systems:
-        cache.prefill_at_once(Request("warm", system, PARAMS, BLOCK))
-    hits = sum(
-        cache.prefill_at_once(Request(f"o{i}", p, PARAMS, BLOCK)) for i, p in enumerate(prompts)
-    )
-    return hits / sum(len(p) for p in prompts)
+    def send(client: _Client, now: float) -> None:
+        if client.turn == len(client.session):
+            if not sessions:
+                return
+            client.session, client.turn, client.history = sessions.popleft(), 0, []
+        turn = client.session[client.turn]
+        if turn.think_s and not client.thought:
+            client.thought = True
+            at(now + turn.think_s, lambda t: send(client, t))
+            return
+        client.thought = False
+        prompt = (client.history if turn.history else []) + list(turn.message)
+        request_id = f"q{next(ids)}"
+        replica = policy.route(request_id, prompt, now)
+        params = SamplingParams(max_tokens=speed.output_tokens, ignore_eos=True)
+        replicas[replica].submit(Request(request_id, prompt, params, BLOCK))
+        arrivals[request_id], owners[request_id] = now, client
+        unfinished[0] += 1
+        start(replica, now)
+
+    def start(r: int, now: float) -> None:
+        if replicas[r].busy:
+            return
+        duration = replicas[r].start_step()
+        if duration is not None:
+            at(now + duration, lambda t: finish(r, t))
+
+    def finish(r: int, now: float) -> None:
+        replica = replicas[r]
+        first, done = replica.end_step()
+        events = replica.kv.pool.events.drain()
+        if events:
+            at(now + shape.event_lag_s, lambda t: policy.on_events(r, events, t))
+        for request in first:
+            result.ttfts.append(now - arrivals[request.request_id])
+            result.hit_tokens += request.num_cached_tokens
+            result.prompt_tokens += request.num_prompt_tokens
+            policy.on_first_token(r, request.request_id, now)
+        for request in done:
+            policy.on_finished(r, request.request_id, now)
+            result.completed += 1
+            result.makespan_s = now
+            unfinished[0] -= 1
+            client = owners.pop(request.request_id)
+            client.history = request.all_token_ids
+            client.turn += 1
+            send(client, now)
+        start(r, now)
+
+    def deliver(r: int, report: LoadReport, taken: float, now: float) -> None:
+        policy.on_report(r, report, taken)
+
+    def report(now: float) -> None:
+        for r, replica in enumerate(replicas):
+            taken = functools.partial(deliver, r, replica.load_report(), now)
+            at(now + shape.report_lag_s, taken)
+        if sessions or unfinished[0]:
+            at(now + shape.report_period_s, report)
+
+    clients = [_Client() for _ in range(shape.clients)]
+    for client in clients:
+        send(client, 0.0)
+    report(0.0)
+    while heap:
+        now, _, action = heapq.heappop(heap)
+        action(now)
+    assert not sessions and unfinished[0] == 0, "every session runs to its end"
+    for replica in replicas:
+        replica.kv.check_integrity()
+        assert replica.kv.pool.num_free == replica.kv.pool.num_blocks
+    result.served = [replica.served for replica in replicas]
+    result.preemptions = sum(replica.scheduler.num_preemptions for replica in replicas)
+    return result

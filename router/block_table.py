@@ -89,13 +89,16 @@ class BlockTable:
         cols["stamp"][slot] = self.clock
 
     def clear_exact(self, key: int, bit: int) -> int:
-        """Drop replica ``bit`` from the key's exact mask; return what is left (-1: no key)."""
+        """Drop replica ``bit`` from the key's exact mask, and from its predicted one: the
+        replica evicted the block, which contradicts any prediction that it holds it. Return
+        what is left of the exact mask (-1: no key)."""
         slot = self.table.find_one(key) if key else -1
         if slot < 0:
             return -1
-        exact = self.table.cols["exact"]
-        left = int(exact[slot]) & ~(1 << bit)
-        exact[slot] = left
+        cols = self.table.cols
+        left = int(cols["exact"][slot]) & ~(1 << bit)
+        cols["exact"][slot] = left
+        cols["pred"][slot] &= np.uint64(~(1 << bit) & 0xFFFFFFFFFFFFFFFF)
         return left
 
     def has_exact(self, keys: Int64Array) -> NDArray[np.bool_]:

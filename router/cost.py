@@ -16,14 +16,15 @@ class CostModel:
 
     Queued and uncached tokens are the prefill work ahead of the first token. Each running
     sequence takes a token of every step's budget, so decodes slow prefill down; a nearly full KV
-    cache risks preemption. One continuous number: a long cached prefix wins exactly until the
-    queue in front of it costs more than recomputing the prefix elsewhere.
+    cache risks preemption. ``prefill_tokens_per_s`` is the prior rate, until a replica reports
+    the rate it measured. The policy adds what a placement costs later (policy.py).
 
-    Caps, which take a replica out of the candidates: ``max_waiting`` requests queued, or fewer
-    free KV blocks than the prompt's uncached blocks (free blocks as last reported, less those
-    this router's dispatches since then will take), since it would have to wait for memory or
-    preempt. A cap on the prompt's own need, not on a usage threshold: a replica with 97 % of its
-    blocks in use still takes a request that hits a long cached prefix and needs a few blocks.
+    A replica with ``max_waiting`` requests queued takes nothing. One with fewer free KV blocks
+    than the prompt's uncached blocks (free blocks as last reported, less those its waiting
+    requests and this router's dispatches since then will take: a waiting request holds no
+    block yet, but will) must wait for running requests to free memory: ``kv_wait_s`` adds up
+    to ``kv_penalty_s`` for the missing fraction. A cost, not a cap: a request that hits a long
+    prefix on a full replica waits briefly there, where a miss elsewhere would recompute it.
     """
 
     prefill_tokens_per_s: float = 8000.0
@@ -37,7 +38,14 @@ class CostModel:
         return load.num_waiting < self.max_waiting
 
     def free_blocks(self, load: ReplicaLoad, block_size: int) -> int:
-        return load.report.num_free_blocks - -(-int(load.pending_tokens) // block_size)
+        return load.report.num_free_blocks - -(-int(load.queued_tokens) // block_size)
+
+    def kv_wait_s(self, needed_blocks: int, free_blocks: int) -> float:
+        """The wait for memory of a prompt needing ``needed_blocks`` new blocks."""
+        if needed_blocks <= free_blocks or needed_blocks <= 0:
+            return 0.0
+        missing = needed_blocks - max(free_blocks, 0)
+        return self.kv_penalty_s * min(1.0, missing / needed_blocks)
 
     def queue_s(self, load: ReplicaLoad, prefill_rate: float) -> float:
         """The part of the TTFT that does not depend on the prompt: work already ahead of it."""

@@ -35,23 +35,27 @@ class ReplicaLoad:
     The engine reports its waiting prompt tokens net of what its prefix cache already holds,
     so a queue of requests that will mostly hit does not look longer than it is.
 
-    Reconciliation: a report received at ``t`` reflects every request that reached the replica
-    before ``t - report_lag_s``, so those dispatches are dropped when it arrives (they are in
-    its queue, or already prefilled). A dispatch is also dropped when its first token or its end
-    comes back through this router (``release``). Other routers' dispatches are not seen until
-    the next report; that residual staleness is what the policy's sampling absorbs.
+    Reconciliation: ``on_report`` takes the time the report was *taken* (the caller corrects
+    for its transit). It reflects every request dispatched before that time less
+    ``dispatch_lag_s`` (a dispatch's own transit to the replica), so those dispatches are
+    dropped then: they are in its queue, or already prefilled, and must not count twice. A
+    dispatch is also dropped when its first token or its end comes back through this router
+    (``release``). Other routers' dispatches are not seen until the next report; that residual
+    staleness is what the policy's sampling absorbs.
     """
 
     __slots__ = (
         "_pending",
+        "dispatch_lag_s",
         "pending_tokens",
         "report",
-        "report_lag_s",
         "report_time",
     )
 
-    def __init__(self, report_lag_s: float) -> None:
-        self.report_lag_s = report_lag_s
+    def __init__(self, dispatch_lag_s: float) -> None:
+        """``dispatch_lag_s``: how long a dispatched request takes to reach the replica's queue;
+        a report taken later than that after a dispatch already counts it."""
+        self.dispatch_lag_s = dispatch_lag_s
         self.report = IDLE
         self.report_time = float("-inf")
         self._pending: dict[str, Dispatch] = {}  # in dispatch order
@@ -67,12 +71,17 @@ class ReplicaLoad:
         return self.report.num_waiting + len(self._pending)
 
     @property
+    def num_requests(self) -> int:
+        """Requests on the replica as this router knows: running, waiting and dispatched."""
+        return self.report.num_running + self.num_waiting
+
+    @property
     def num_pending(self) -> int:
         return len(self._pending)
 
     def on_report(self, report: LoadReport, now: float) -> None:
         self.report, self.report_time = report, now
-        horizon = now - self.report_lag_s
+        horizon = now - self.dispatch_lag_s
         done = []
         for request_id, dispatch in self._pending.items():
             if dispatch.time > horizon:

@@ -25,11 +25,13 @@ class RouterConfig:
     block_size: int = 16
     max_index_bytes: int = 256 << 20
     predicted_ttl_s: float = 10.0
-    report_lag_s: float = 0.25
+    dispatch_lag_s: float = 0.05
     cost: CostModel = field(default_factory=CostModel)
     choices: int = 2  # replicas sampled among the near-best; the cheaper of them wins
-    margin_s: float = 0.005  # near-best: within max(margin_s, margin_rel * best) of the best
-    margin_rel: float = 0.05
+    margin_rel: float = 0.05  # near-best: within this fraction of the best cost
+    # What recomputing a prefix another replica caches costs later, in prefills of it: the
+    # copy evicts other prefixes here, and the group's requests then miss on two caches.
+    affinity: float = 1.0
     seed: int | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -78,14 +80,24 @@ class _Replica:
 
 class PrefixAwarePolicy:
     """The pure routing core, free of Ray and gRPC: fed KV events, snapshots and load reports,
-    it picks a replica per prompt.
+    it picks a replica per prompt. Its API: ``choose`` then ``record`` (or ``route``, both),
+    ``release``, ``on_kv_events``/``on_snapshot``, ``on_load_report``, ``add_replica``/
+    ``remove_replica``; the Serve adapter, the benchmark and the tests all use just these.
 
     Each candidate's cost is its estimated time to first token (cost.py), with the cached prefix
     from the index (exact ∪ predicted) and the load from reports plus this router's dispatches
-    (load.py). Anti-herding: the pick is not the argmin but the cheaper of ``choices`` replicas
-    sampled among those within a small margin of the best. A clear winner (a long cached prefix,
-    a short queue) is still chosen by every router; near-ties, such as a unique prompt on idle
-    replicas, are spread instead of piling onto the one replica several routers all see first.
+    (load.py), plus what the placement costs later: ``affinity`` times the prefill of the part
+    of the prompt that another replica already caches. Sending a group's prompt away from the
+    replica that holds its prefix writes a second copy (evicting other prefixes there) and
+    splits the group's later requests over two caches; a bare TTFT comparison ignores both, and
+    one extra queued miss on the home replica would move the group, then the next, until every
+    group is spread over most replicas.
+
+    Anti-herding and balance: the pick is among the replicas within ``margin_rel`` of the best
+    cost (relative, so a hit and a miss never tie however fast prefill is): ``choices`` of them
+    sampled, then the one with the fewest requests. A clear winner is still chosen by every
+    router; near-ties, such as a unique prompt on idle replicas, are spread by queue length
+    instead of piling onto the replica several routers all see first.
     """
 
     def __init__(self, config: RouterConfig | None = None) -> None:
@@ -105,7 +117,7 @@ class PrefixAwarePolicy:
     def add_replica(self, replica_id: str, prefill_tokens_per_s: float | None = None) -> None:
         rate = prefill_tokens_per_s or self.config.cost.prefill_tokens_per_s
         self.index.add_replica(replica_id)
-        replica = _Replica(ReplicaLoad(self.config.report_lag_s), rate)
+        replica = _Replica(ReplicaLoad(self.config.dispatch_lag_s), rate)
         self._replicas[replica_id] = replica
         self._refresh(replica)
 
@@ -124,8 +136,12 @@ class PrefixAwarePolicy:
         return [r for r in self._replicas if self.index.feed(r).needs_resync]
 
     def on_load_report(self, replica_id: str, report: LoadReport, now: float) -> None:
+        """``now``: when the report was taken (see ReplicaLoad). A replica that measured its
+        prefill rate replaces the configured prior with it."""
         replica = self._replicas[replica_id]
         replica.load.on_report(report, now)
+        if report.prefill_tokens_per_s > 0:
+            replica.prefill_rate = report.prefill_tokens_per_s
         self._refresh(replica)
 
     def _refresh(self, replica: _Replica) -> None:
@@ -149,26 +165,30 @@ class PrefixAwarePolicy:
         prompt = PromptBlocks(token_ids, self.config.block_size, cache_salt)
         matches = self.index.longest_match(prompt, now)
         block_size, num_tokens = self.config.block_size, prompt.num_tokens
-        costs = []
+        most_cached = max(matches.values(), default=0) * block_size
+        affinity = self.config.affinity
+        model, costs = self.config.cost, []
         for replica_id, replica in self._replicas.items():
+            if not replica.admitted:
+                continue
             cached = matches.get(replica_id, 0) * block_size
             uncached = num_tokens - cached
-            if replica.admitted and -(-uncached // block_size) <= replica.free_blocks:
-                ttft = replica.queue_s + uncached / replica.prefill_rate
-                costs.append((ttft, replica_id, cached))
+            ttft = replica.queue_s + uncached / replica.prefill_rate
+            ttft += model.kv_wait_s(-(-uncached // block_size), replica.free_blocks)
+            moved = (most_cached - cached) / replica.prefill_rate  # cached elsewhere
+            costs.append((ttft + affinity * moved, ttft, replica_id, cached))
         if not costs:
-            raise OverloadedError(
-                f"all {len(self._replicas)} replicas are at their queue cap or short of free KV "
-                "blocks for this prompt"
-            )
-        best = min(costs)[0]
-        limit = best + max(self.config.margin_s, self.config.margin_rel * best)
+            raise OverloadedError(f"all {len(self._replicas)} replicas are at their queue cap")
+        limit = min(costs)[0] * (1.0 + self.config.margin_rel)
         near = [cost for cost in costs if cost[0] <= limit]
-        sampled = near
-        if len(near) > self.config.choices:
-            sampled = self._rng.sample(near, self.config.choices)
-        ttft, replica_id, cached = min(sampled, key=_ttft)
-        scores = tuple(ReplicaScore(r, c, t) for t, r, c in sampled)
+        # In random order, so that exact ties fall to no replica in particular.
+        sampled = self._rng.sample(near, min(len(near), self.config.choices))
+        # Among the sampled near-best, the fewest requests: near-equal costs say nothing about
+        # balance, and the power of two choices on queue length keeps it without herding.
+        _, ttft, replica_id, cached = min(
+            sampled, key=lambda c: (self._replicas[c[2]].load.num_requests, c[0])
+        )
+        scores = tuple(ReplicaScore(r, c, t) for _, t, r, c in sampled)
         return RoutingDecision(replica_id, cached, ttft, prompt, scores, len(near))
 
     def record(self, decision: RoutingDecision, request_id: str, *, now: float) -> None:
@@ -208,7 +228,3 @@ class PrefixAwarePolicy:
             assert replica.admitted == cost.admits(load), "stale admission"
             assert replica.queue_s == cost.queue_s(load, replica.prefill_rate), "stale queue"
             assert replica.free_blocks == cost.free_blocks(load, self.config.block_size)
-
-
-def _ttft(cost: tuple[float, str, int]) -> float:
-    return cost[0]

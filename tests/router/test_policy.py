@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from router.cost import CostModel
+from router.hashing import PromptBlocks
 from router.load import ReplicaLoad
 from router.policy import PrefixAwarePolicy, RouterConfig
 from tests.router.replica_sim import CacheReplica
@@ -60,40 +61,48 @@ def test_requests_sharing_a_long_prefix_land_on_one_replica_while_its_load_allow
     router.check_integrity(now=6.0)
 
 
-@pytest.mark.parametrize(("queued", "stays"), [(1500, True), (2500, False)])
-def test_affinity_holds_exactly_while_the_queue_costs_less_than_recomputing(
+@pytest.mark.parametrize(("queued", "stays"), [(4000, True), (4200, False)])
+def test_affinity_holds_exactly_while_the_queue_costs_less_than_moving_the_prefix(
     queued: int, stays: bool
 ) -> None:
     rng = random.Random(1)
-    router = make_router(2)
+    router = make_router(2, margin_rel=0.0)
     prompt = tokens(rng, 2176)
     cache = CacheReplica(num_blocks=200)
     cache.run(prompt[:2048])
     router.on_kv_events("r0", cache.drain(), now=0.0)
     router.on_load_report("r0", report(waiting_tokens=queued, waiting=1), now=0.0)
     decision = router.choose(prompt, now=0.0)
-    # r0 costs (queued + 128) / rate, r1 costs 2176 / rate: the cheaper one wins.
+    # r0 costs (queued + 128) / rate. r1 costs 2176 / rate to prefill, plus affinity (1) times
+    # the 2048 cached tokens it would copy: the cheaper one wins, at queued = 4096.
     assert (decision.replica_id == "r0") is stays
     assert decision.ttft_s == pytest.approx((queued + 128) / RATE if stays else 2176 / RATE)
 
 
 class QueueFleet:
-    """Replicas that prefill their queue at RATE and report it every ``period`` seconds."""
+    """Replicas that prefill their queue of requests at RATE, FCFS, and report it."""
 
     def __init__(self, routers: list[PrefixAwarePolicy], replicas: list[str]) -> None:
         self.routers = routers
-        self.queued = dict.fromkeys(replicas, 0.0)
+        self.queues: dict[str, list[float]] = {r: [] for r in replicas}
         self.served: Counter[str] = Counter()
 
     def send(self, replica: str, tokens: int) -> None:
-        self.queued[replica] += tokens
+        self.queues[replica].append(float(tokens))
         self.served[replica] += 1
 
     def advance(self, dt: float, now: float) -> None:
-        for replica in self.queued:
-            self.queued[replica] = max(0.0, self.queued[replica] - RATE * dt)
+        for replica, queue in self.queues.items():
+            budget = RATE * dt
+            while queue and budget > 0:
+                done = min(budget, queue[0])
+                queue[0] -= done
+                budget -= done
+                if queue[0] <= 0:
+                    queue.pop(0)
+            load = report(waiting_tokens=int(sum(queue)), waiting=len(queue))
             for router in self.routers:
-                router.on_load_report(replica, report(int(self.queued[replica])), now=now)
+                router.on_load_report(replica, load, now=now)
 
 
 def test_unique_prompts_spread_evenly() -> None:
@@ -148,18 +157,36 @@ def test_routers_sharing_one_view_do_not_herd_unique_traffic() -> None:
     assert max(picks.values()) <= 2 * (sum(picks.values()) / 8)
 
 
-def test_replicas_over_their_caps_are_not_candidates() -> None:
+def test_a_replica_at_its_queue_cap_takes_nothing() -> None:
     router = make_router(3, cost=CostModel(max_waiting=8))
-    router.on_load_report("r0", report(kv=0.97, free=3), now=0.0)  # 100 tokens need 7 blocks
     router.on_load_report("r1", report(waiting=8), now=0.0)
+    picks = set()
     for i in range(20):
-        assert router.route(f"q{i}", list(range(100)), now=0.0).replica_id == "r2"
-        router.release("r2", f"q{i}")
-    router.on_load_report("r2", report(kv=0.99, free=0), now=0.0)
+        decision = router.route(f"q{i}", list(range(100 * i, 100 * i + 100)), now=0.0)
+        picks.add(decision.replica_id)
+        router.release(decision.replica_id, f"q{i}")
+    assert picks == {"r0", "r2"}
+    for replica in ("r0", "r2"):
+        router.on_load_report(replica, report(waiting=8), now=0.1)
     with pytest.raises(OverloadedError):
-        router.choose(list(range(100)), now=0.0)
+        router.choose(list(range(100)), now=0.1)
     with pytest.raises(NoReplicaError):
         PrefixAwarePolicy().choose(list(range(100)), now=0.0)
+
+
+def test_a_replica_short_of_free_blocks_costs_the_wait_for_memory() -> None:
+    model = CostModel()
+    assert model.kv_wait_s(needed_blocks=7, free_blocks=7) == 0.0
+    assert model.kv_wait_s(needed_blocks=7, free_blocks=3) == pytest.approx(
+        model.kv_penalty_s * 4 / 7
+    )
+    assert model.kv_wait_s(needed_blocks=7, free_blocks=-5) == model.kv_penalty_s
+    router = make_router(2, margin_rel=0.0)
+    router.on_load_report("r0", report(free=3), now=0.0)  # 100 tokens need 7 blocks
+    router.on_load_report("r1", report(waiting_tokens=400, waiting=1), now=0.0)
+    decision = router.choose(list(range(100)), now=0.0)
+    # r0: 100 / rate + 0.25 * 4/7 = 0.155 s; r1: 500 / rate = 0.0625 s.
+    assert decision.replica_id == "r1"
 
 
 def test_a_nearly_full_replica_still_takes_a_prompt_that_needs_few_new_blocks() -> None:
@@ -175,15 +202,17 @@ def test_a_nearly_full_replica_still_takes_a_prompt_that_needs_few_new_blocks() 
 
 
 def test_dispatches_use_up_the_free_blocks_until_the_next_report() -> None:
-    router = make_router(2)
+    router = make_router(1)
     router.on_load_report("r0", report(free=20), now=0.0)
-    router.on_load_report("r1", report(free=1000, waiting_tokens=4000, waiting=1), now=0.0)
-    picks = [router.route(f"q{i}", [i] * 100, now=0.0).replica_id for i in range(5)]
-    assert picks[:2] == ["r0", "r0"] and "r1" in picks[2:]  # 7 blocks each: the third has 6
+    for i in range(3):  # 300 tokens dispatched: 19 of the 20 free blocks will be taken
+        router.route(f"q{i}", [i] * 100, now=0.0)
+    assert router.choose([3] * 100, now=0.0).ttft_s == pytest.approx(
+        400 / RATE + CostModel().kv_wait_s(7, 1)
+    )
 
 
 def test_dispatch_deltas_are_reconciled_by_the_next_report_or_the_first_token() -> None:
-    load = ReplicaLoad(report_lag_s=0.25)
+    load = ReplicaLoad(dispatch_lag_s=0.25)
     load.dispatched("a", 1000, now=0.0)
     load.dispatched("b", 500, now=1.0)
     load.dispatched("c", 200, now=1.0)
@@ -205,3 +234,56 @@ def test_decode_pressure_and_kv_usage_raise_the_estimated_ttft() -> None:
     assert model.queue_s(base, RATE) == 0.0
     assert model.queue_s(busy, RATE) == pytest.approx(40 * 16 / RATE)
     assert model.queue_s(full, RATE) == pytest.approx(model.kv_penalty_s / 2)
+
+
+def test_an_eviction_clears_the_prediction_that_the_replica_holds_the_block() -> None:
+    rng = random.Random(5)
+    router = make_router(2, predicted_ttl_s=60.0)
+    prompt = tokens(rng, 640)
+    cache = CacheReplica(num_blocks=48)
+    cache.run(prompt)  # r0 stores the prompt's blocks
+    router.on_kv_events("r0", cache.drain(), now=0.0)
+    router.route("again", prompt, now=1.0)  # a hit: recorded as a prediction on r0 too
+    cache.run(tokens(rng, 48 * 16))  # r0 evicts every block of it
+    router.on_kv_events("r0", cache.drain(), now=2.0)
+    assert cache.cached_prefix_tokens(prompt) == 0
+    # Well within the prediction's TTL, the index believes the eviction, not the prediction.
+    assert router.index.longest_match(PromptBlocks(prompt, 16), now=3.0) == {}
+    router.check_integrity(now=3.0)
+
+
+def test_a_report_taken_after_a_dispatch_replaces_it_instead_of_adding_to_it() -> None:
+    router = make_router(1, dispatch_lag_s=0.05)
+    router.route("q", list(range(1600)), now=0.0)
+    assert router.load("r0").queued_tokens == 1600
+    # Taken at 0.2 s, the report counts the request in the replica's queue: once.
+    router.on_load_report("r0", report(waiting_tokens=1600, waiting=1), now=0.2)
+    assert router.load("r0").queued_tokens == 1600
+    assert router.load("r0").num_requests == 1
+
+
+def test_the_prefill_rate_a_replica_measures_replaces_the_prior() -> None:
+    router = make_router(2, margin_rel=0.0)
+    measured = LoadReport(0, 0, 0, 0.1, 1000, 0, 0, prefill_tokens_per_s=2000.0)
+    router.on_load_report("r0", measured, now=0.0)
+    router.on_load_report("r1", report(waiting_tokens=2000, waiting=1), now=0.0)
+    decision = router.choose(list(range(800)), now=0.0)
+    # r0: 800 / 2000 = 0.4 s; r1 at the prior 8000/s: (2000 + 800) / 8000 = 0.35 s.
+    assert decision.replica_id == "r1"
+    assert decision.ttft_s == pytest.approx(2800 / RATE)
+    assert [s.ttft_s for s in decision.sampled if s.replica_id == "r0"] in ([], [0.4])
+
+
+def test_a_hit_beats_a_miss_however_fast_prefill_is() -> None:
+    # A fixed margin in seconds once made every replica "near-best" when prefill was fast.
+    rng = random.Random(6)
+    router = make_router(4)
+    prefix = tokens(rng, 1024)
+    cache = CacheReplica(num_blocks=100)
+    cache.run(prefix)
+    router.on_kv_events("r2", cache.drain(), now=0.0)
+    fast = LoadReport(0, 0, 0, 0.1, 1000, 0, 0, prefill_tokens_per_s=1e7)
+    for replica in router.replica_ids:
+        router.on_load_report(replica, fast, now=0.0)
+    picks = {router.choose(prefix + tokens(rng, 32), now=0.0).replica_id for _ in range(50)}
+    assert picks == {"r2"}
