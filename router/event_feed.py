@@ -20,7 +20,7 @@ class ReplicaFeed:
     duplicates: int = 0
     applied: int = 0
     orphans: int = 0  # BlockStored whose parent the index does not know: cannot be placed
-    unknown_roots: int = 0  # first blocks whose extra keys (cache_salt) this router never saw
+    unknown_roots: int = 0  # first blocks with extra keys other than a cache_salt: not placed
 
     def admit(self, seq: int) -> bool:
         """Whether the event numbered ``seq`` is new; notes a gap before it."""

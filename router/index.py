@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 
 import numpy as np
@@ -11,7 +10,6 @@ from router.block_table import BlockTable
 from router.cuckoo import BUCKET_SLOTS, CuckooTable
 from router.event_feed import ReplicaFeed
 from router.hashing import PromptBlocks, chain_key, engine_key, root_seed
-from worker.block_hash import extra_keys_for, hash_block
 from worker.errors import UnknownReplicaError
 from worker.kv_events import BlockRemoved, BlockStored, KVEvent, KVSnapshot
 
@@ -35,13 +33,7 @@ class PrefixIndex:
     for the block table, 1/3 for the engine map, whose entries never outnumber the blocks.
     """
 
-    def __init__(
-        self,
-        block_size: int,
-        max_bytes: int,
-        predicted_ttl_s: float,
-        max_salted_roots: int = 4096,
-    ) -> None:
+    def __init__(self, block_size: int, max_bytes: int, predicted_ttl_s: float) -> None:
         self.block_size = block_size
         self.max_bytes = max_bytes
         self.predicted_ttl_ticks = round(predicted_ttl_s * TICKS_PER_S)
@@ -53,10 +45,6 @@ class PrefixIndex:
         self._bits: dict[str, int] = {}
         self._names: dict[int, str] = {}
         self._feeds: dict[str, ReplicaFeed] = {}
-        # Engine hash of a salted first block -> its router key, learned when this router routes
-        # a salted prompt: events do not carry the salt, so it cannot be recomputed from them.
-        self._salted_roots: OrderedDict[int, int] = OrderedDict()
-        self._max_salted_roots = max_salted_roots
         self._generation = 0
         self._time_origin: float | None = None
         self._last_stored: tuple[bytes, int] = (b"", 0)  # engine hash, router key
@@ -143,13 +131,6 @@ class PrefixIndex:
         tick = self.ticks(now)
         self.blocks.tick()
         self.blocks.predict(prompt.keys(), bit, tick + self.predicted_ttl_ticks, tick)
-        if prompt.cache_salt:
-            first = prompt.token_ids[: self.block_size]
-            root = engine_key(hash_block(None, first, extra_keys_for(prompt.cache_salt)))
-            self._salted_roots[root] = prompt.first_key()
-            self._salted_roots.move_to_end(root)
-            if len(self._salted_roots) > self._max_salted_roots:
-                self._salted_roots.popitem(last=False)
         self._sync_engine_map()
 
     # -- KV events -----------------------------------------------------------------------------
@@ -186,20 +167,19 @@ class PrefixIndex:
         feed.next_seq, feed.needs_resync = snapshot.next_seq, False
 
     def _store(self, bit: int, event: BlockStored, tick: int) -> str:
-        """Place one stored block, unless its parent (or, for a first block, its salt) is
-        unknown to this router."""
+        """Place one stored block, unless its parent is unknown to this router, or it is a first
+        block whose extra keys it cannot rehash (a kind other than ``cache_salt``)."""
         if len(event.token_ids) != self.block_size:
             raise ValueError(
                 f"replica block of {len(event.token_ids)} tokens, index block size "
                 f"{self.block_size}: a pool's replicas and router must share one block size"
             )
-        if event.parent_hash is None:
-            if hash_block(None, event.token_ids) == event.block_hash:
-                key = chain_key(root_seed(None), event.token_ids)
-            elif (salted := self._salted_roots.get(engine_key(event.block_hash))) is not None:
-                key = salted
-            else:
+        if event.parent_hash is None:  # a first block carries its request's extra keys
+            extra = dict(event.extra_keys)
+            salt = extra.pop("cache_salt", None)
+            if extra:
                 return _UNKNOWN_ROOT
+            key = chain_key(root_seed(salt), event.token_ids)
         elif event.parent_hash == self._last_stored[0]:  # a chain of blocks: skip the lookup
             key = chain_key(self._last_stored[1], event.token_ids)
         else:
@@ -244,8 +224,7 @@ class PrefixIndex:
         return len(self.blocks.live_slots(self.ticks(now)))
 
     def memory_bytes(self) -> int:
-        """Bytes of the index's tables: what ``max_bytes`` caps (the salted-root map is bounded
-        apart by ``max_salted_roots``)."""
+        """Bytes of the index's tables: what ``max_bytes`` caps."""
         return self.blocks.nbytes + self.engine.nbytes
 
     def check_integrity(self, now: float) -> None:
@@ -262,7 +241,6 @@ class PrefixIndex:
         slots = self.engine.occupied()
         held = self.blocks.has_exact(self.engine.cols["key"][slots].astype(np.int64))
         assert np.all(held), "an engine-map entry leads to a block no replica holds"
-        assert len(self._salted_roots) <= self._max_salted_roots, "salted-root map is over cap"
 
 
 _PLACED, _ORPHAN, _UNKNOWN_ROOT = "placed", "orphan", "unknown_root"

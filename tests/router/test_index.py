@@ -127,21 +127,18 @@ def test_duplicate_events_are_skipped_and_orphans_are_counted() -> None:
     index.check_integrity(now=0.0)
 
 
-def test_salted_blocks_are_indexed_once_this_router_has_routed_that_salt() -> None:
+def test_salted_blocks_are_indexed_from_the_salt_their_first_block_carries() -> None:
     tokens = list(range(80))
-    index, replica = make_index(predicted_ttl_s=1.0), CacheReplica()
+    index, replica = make_index(), CacheReplica()
     index.add_replica("a")
     replica.run(tokens, cache_salt="s1")
     index.apply_events("a", replica.drain(), now=0.0)
-    assert index.feed("a").unknown_roots == 1  # the event does not carry the salt
-    index.predict("a", prompt(tokens, "s1"), now=0.0)  # routing a salted prompt teaches it
-    replica.run(list(range(1000, 1000 + 16 * replica.kv.pool.num_blocks)))  # evicts it all
-    replica.run(tokens, cache_salt="s1")  # stored again, now that this router knows the salt
-    index.apply_events("a", replica.drain(), now=0.0)
-    later = 10.0  # predictions expired: what matches now is exact
-    assert index.longest_match(prompt(tokens, "s1"), now=later) == {"a": 4}
-    assert index.longest_match(prompt(tokens, "s2"), now=later) == {}
-    assert index.longest_match(prompt(tokens), now=later) == {}
+    assert index.longest_match(prompt(tokens, "s1"), now=0.0) == {"a": 4}
+    assert index.longest_match(prompt(tokens, "s2"), now=0.0) == {}
+    assert index.longest_match(prompt(tokens), now=0.0) == {}
+    foreign = BlockStored(99, b"r" * 32, None, tuple(range(16)), (("lora", "x"),))
+    index.apply_events("a", [foreign], now=0.0)
+    assert index.feed("a").unknown_roots == 1  # an extra key this router cannot rehash
 
 
 def test_predicted_entries_match_until_their_ttl_ends() -> None:
