@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.cost import CostModel
+from router.footprint import CacheFootprint
 from router.hashing import PromptBlocks
 from router.index import PrefixIndex
 from router.load import ReplicaLoad
@@ -32,6 +33,8 @@ class RouterConfig:
     # What recomputing a prefix another replica caches costs later, in prefills of it: the
     # copy evicts other prefixes here, and the group's requests then miss on two caches.
     affinity: float = 1.0
+    # A prefix counts towards a replica's cache footprint for this long after it was sent there.
+    footprint_window_s: float = 30.0
     seed: int | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -72,6 +75,7 @@ class RoutingDecision:
 class _Replica:
     load: ReplicaLoad
     prefill_rate: float
+    footprint: CacheFootprint
     # The cost model's prompt-independent parts, kept current as the load changes:
     admitted: bool = True  # under the queue cap
     queue_s: float = 0.0
@@ -86,12 +90,14 @@ class PrefixAwarePolicy:
 
     Each candidate's cost is its estimated time to first token (cost.py), with the cached prefix
     from the index (exact ∪ predicted) and the load from reports plus this router's dispatches
-    (load.py), plus what the placement costs later: ``affinity`` times the prefill of the part
-    of the prompt that another replica already caches. Sending a group's prompt away from the
-    replica that holds its prefix writes a second copy (evicting other prefixes there) and
-    splits the group's later requests over two caches; a bare TTFT comparison ignores both, and
-    one extra queued miss on the home replica would move the group, then the next, until every
-    group is spread over most replicas.
+    (load.py), plus what the placement costs later, ``affinity`` times the prefill of:
+      - the part of the prompt that another replica already caches: sending a group's prompt
+        away from its replica writes a second copy and splits the group's later requests over
+        two caches (a bare TTFT comparison ignores this, and one extra queued miss on the home
+        replica would move the group, then the next, until every group is spread out);
+      - the blocks of prefixes still in use that it pushes out of the replica's cache: what the
+        replica's footprint (footprint.py, the prefixes this router sent it lately) overflows
+        its cache by, so a new prefix goes where there is room.
 
     Anti-herding and balance: the pick is among the replicas within ``margin_rel`` of the best
     cost (relative, so a hit and a miss never tie however fast prefill is): ``choices`` of them
@@ -117,7 +123,8 @@ class PrefixAwarePolicy:
     def add_replica(self, replica_id: str, prefill_tokens_per_s: float | None = None) -> None:
         rate = prefill_tokens_per_s or self.config.cost.prefill_tokens_per_s
         self.index.add_replica(replica_id)
-        replica = _Replica(ReplicaLoad(self.config.dispatch_lag_s), rate)
+        footprint = CacheFootprint(self.config.footprint_window_s)
+        replica = _Replica(ReplicaLoad(self.config.dispatch_lag_s), rate, footprint)
         self._replicas[replica_id] = replica
         self._refresh(replica)
 
@@ -176,7 +183,8 @@ class PrefixAwarePolicy:
             ttft = replica.queue_s + uncached / replica.prefill_rate
             ttft += model.kv_wait_s(-(-uncached // block_size), replica.free_blocks)
             moved = (most_cached - cached) / replica.prefill_rate  # cached elsewhere
-            costs.append((ttft + affinity * moved, ttft, replica_id, cached))
+            evicted = self._evicted_tokens(replica, prompt, now) / replica.prefill_rate
+            costs.append((ttft + affinity * (moved + evicted), ttft, replica_id, cached))
         if not costs:
             raise OverloadedError(f"all {len(self._replicas)} replicas are at their queue cap")
         limit = min(costs)[0] * (1.0 + self.config.margin_rel)
@@ -191,10 +199,26 @@ class PrefixAwarePolicy:
         scores = tuple(ReplicaScore(r, c, t) for _, t, r, c in sampled)
         return RoutingDecision(replica_id, cached, ttft, prompt, scores, len(near))
 
+    def _evicted_tokens(self, replica: _Replica, prompt: PromptBlocks, now: float) -> int:
+        """Tokens of prefixes still in use that placing ``prompt`` on the replica would push
+        out of its cache: what its footprint overflows the cache by, once the prompt is in."""
+        capacity = replica.load.report.num_blocks
+        if not capacity or not prompt.num_blocks:
+            return 0
+        footprint = replica.footprint
+        footprint.expire(now)
+        if footprint.holds(prompt.first_key()):
+            return 0
+        overflow = footprint.blocks + prompt.num_blocks - capacity
+        return min(max(overflow, 0), prompt.num_blocks) * self.config.block_size
+
     def record(self, decision: RoutingDecision, request_id: str, *, now: float) -> None:
         """The request was sent: predict its blocks on the replica and count its prefill."""
         self.index.predict(decision.replica_id, decision.prompt, now)
         replica = self._replicas[decision.replica_id]
+        prompt = decision.prompt
+        if prompt.num_blocks:
+            replica.footprint.add(prompt.first_key(), prompt.num_blocks, now)
         replica.load.dispatched(request_id, decision.uncached_tokens, now)
         self._refresh(replica)
 
@@ -224,6 +248,7 @@ class PrefixAwarePolicy:
         assert set(self._replicas) == set(self.index.replica_ids), "replica registries differ"
         for replica in self._replicas.values():
             replica.load.check_integrity()
+            replica.footprint.check_integrity()
             cost, load = self.config.cost, replica.load
             assert replica.admitted == cost.admits(load), "stale admission"
             assert replica.queue_s == cost.queue_s(load, replica.prefill_rate), "stale queue"

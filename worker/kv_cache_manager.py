@@ -119,6 +119,7 @@ class KVCacheManager:
             prefix_queries=self.prefix_queries,
             prefix_hits=self.prefix_hits,
             prefill_tokens_per_s=prefill_tokens_per_s,
+            num_blocks=self.pool.num_blocks,
         )
 
     def check_integrity(self) -> None:

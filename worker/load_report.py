@@ -15,6 +15,7 @@ class LoadReport:
     prefix_queries: int  # tokens looked up in the prefix cache, since start
     prefix_hits: int  # of which found cached
     prefill_tokens_per_s: float = 0.0  # measured on recent steps; 0 until measured
+    num_blocks: int = 0  # the KV cache's size in blocks; 0: not reported
 
 
 class PrefillRateMeter:
