@@ -19,6 +19,16 @@ class CacheFootprint:
     def holds(self, first_key: int) -> bool:
         return first_key in self._prefixes
 
+    def overflow(self, first_key: int, num_blocks: int, capacity: int, now: float) -> int:
+        """Blocks of prefixes in use that a prompt of ``num_blocks`` blocks would push out of a
+        cache of ``capacity`` blocks (0 for an unknown capacity, or a prefix already here)."""
+        if not capacity or self.blocks + num_blocks <= capacity:
+            return 0
+        self.expire(now)
+        if first_key in self._prefixes:
+            return 0
+        return min(max(self.blocks + num_blocks - capacity, 0), num_blocks)
+
     def add(self, first_key: int, num_blocks: int, now: float) -> None:
         old = self._prefixes.pop(first_key, None)
         blocks = max(num_blocks, old[0] if old else 0)

@@ -80,6 +80,7 @@ class _Replica:
     admitted: bool = True  # under the queue cap
     queue_s: float = 0.0
     free_blocks: int = 0
+    capacity: int = 0  # KV blocks, as reported; 0 until then
 
 
 class PrefixAwarePolicy:
@@ -157,6 +158,7 @@ class PrefixAwarePolicy:
         replica.admitted = cost.admits(replica.load)
         replica.queue_s = cost.queue_s(replica.load, replica.prefill_rate)
         replica.free_blocks = cost.free_blocks(replica.load, self.config.block_size)
+        replica.capacity = replica.load.report.num_blocks
 
     def load(self, replica_id: str) -> ReplicaLoad:
         return self._replicas[replica_id].load
@@ -173,18 +175,23 @@ class PrefixAwarePolicy:
         matches = self.index.longest_match(prompt, now)
         block_size, num_tokens = self.config.block_size, prompt.num_tokens
         most_cached = max(matches.values(), default=0) * block_size
-        affinity = self.config.affinity
-        model, costs = self.config.cost, []
+        affinity, model, costs = self.config.affinity, self.config.cost, []
+        num_blocks = prompt.num_blocks
+        first = prompt.first_key() if num_blocks else 0
         for replica_id, replica in self._replicas.items():
             if not replica.admitted:
                 continue
             cached = matches.get(replica_id, 0) * block_size
             uncached = num_tokens - cached
             ttft = replica.queue_s + uncached / replica.prefill_rate
-            ttft += model.kv_wait_s(-(-uncached // block_size), replica.free_blocks)
-            moved = (most_cached - cached) / replica.prefill_rate  # cached elsewhere
-            evicted = self._evicted_tokens(replica, prompt, now) / replica.prefill_rate
-            costs.append((ttft + affinity * (moved + evicted), ttft, replica_id, cached))
+            needed = -(-uncached // block_size)
+            if needed > replica.free_blocks:
+                ttft += model.kv_wait_s(needed, replica.free_blocks)
+            later = most_cached - cached  # cached elsewhere
+            if num_blocks:  # prefixes in use that it would evict here
+                overflow = replica.footprint.overflow(first, num_blocks, replica.capacity, now)
+                later += overflow * block_size
+            costs.append((ttft + affinity * later / replica.prefill_rate, ttft, replica_id, cached))
         if not costs:
             raise OverloadedError(f"all {len(self._replicas)} replicas are at their queue cap")
         limit = min(costs)[0] * (1.0 + self.config.margin_rel)
@@ -198,19 +205,6 @@ class PrefixAwarePolicy:
         )
         scores = tuple(ReplicaScore(r, c, t) for _, t, r, c in sampled)
         return RoutingDecision(replica_id, cached, ttft, prompt, scores, len(near))
-
-    def _evicted_tokens(self, replica: _Replica, prompt: PromptBlocks, now: float) -> int:
-        """Tokens of prefixes still in use that placing ``prompt`` on the replica would push
-        out of its cache: what its footprint overflows the cache by, once the prompt is in."""
-        capacity = replica.load.report.num_blocks
-        if not capacity or not prompt.num_blocks:
-            return 0
-        footprint = replica.footprint
-        footprint.expire(now)
-        if footprint.holds(prompt.first_key()):
-            return 0
-        overflow = footprint.blocks + prompt.num_blocks - capacity
-        return min(max(overflow, 0), prompt.num_blocks) * self.config.block_size
 
     def record(self, decision: RoutingDecision, request_id: str, *, now: float) -> None:
         """The request was sent: predict its blocks on the replica and count its prefill."""
@@ -253,3 +247,4 @@ class PrefixAwarePolicy:
             assert replica.admitted == cost.admits(load), "stale admission"
             assert replica.queue_s == cost.queue_s(load, replica.prefill_rate), "stale queue"
             assert replica.free_blocks == cost.free_blocks(load, self.config.block_size)
+            assert replica.capacity == load.report.num_blocks, "stale capacity"

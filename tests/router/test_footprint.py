@@ -22,6 +22,17 @@ def test_prefixes_count_once_and_leave_after_the_window() -> None:
     footprint.check_integrity()
 
 
+def test_only_a_prefix_not_yet_in_the_footprint_can_overflow_the_cache() -> None:
+    footprint = CacheFootprint(window_s=10.0)
+    footprint.add(1, 60, now=0.0)
+    footprint.add(2, 30, now=1.0)
+    assert footprint.overflow(3, 20, capacity=100, now=2.0) == 10  # 90 + 20 over 100
+    assert footprint.overflow(3, 5, capacity=100, now=2.0) == 0
+    assert footprint.overflow(2, 30, capacity=100, now=2.0) == 0  # already held there
+    assert footprint.overflow(3, 20, capacity=0, now=2.0) == 0  # capacity not reported
+    assert footprint.overflow(3, 20, capacity=100, now=10.5) == 0  # prefix 1 has expired
+
+
 def test_a_new_prefix_goes_where_it_evicts_no_prefix_in_use() -> None:
     rng = random.Random(7)
     router = make_router(2, margin_rel=0.0)
