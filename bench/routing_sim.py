@@ -143,6 +143,8 @@ def _output_token(request: Request) -> int:
 class Result:
     hit_tokens: int = 0
     prompt_tokens: int = 0
+    # After the cold start: the first wave of requests (one per client, sent at once to empty
+    # caches) misses and queues the same under every policy, and would be every p99.
     ttfts: list[float] = field(default_factory=list)
     completed: int = 0
     makespan_s: float = 0.0
@@ -226,7 +228,8 @@ def simulate(
         if events:
             at(now + shape.event_lag_s, lambda t: policy.on_events(r, events, t))
         for request in first:
-            result.ttfts.append(now - arrivals[request.request_id])
+            if int(request.request_id[1:]) >= shape.clients:  # past the cold start
+                result.ttfts.append(now - arrivals[request.request_id])
             result.hit_tokens += request.num_cached_tokens
             result.prompt_tokens += request.num_prompt_tokens
             policy.on_first_token(r, request.request_id, now)

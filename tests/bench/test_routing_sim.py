@@ -14,7 +14,7 @@ SHAPE = FleetShape(replicas=4, blocks_per_replica=2 * 10 + 24, clients=8)
 def test_every_request_completes_and_every_block_returns() -> None:
     workload = generated_shared_prefix(8, 6, prefix=160, question=20, seed=0)
     result = simulate(workload, PREFILL_BOUND, SHAPE, lambda fleet: RoundRobin(len(fleet)))
-    assert result.completed == 48 and len(result.ttfts) == 48
+    assert result.completed == 48 and len(result.ttfts) == 48 - SHAPE.clients  # past the cold start
     assert sum(result.served) == 48  # simulate() itself checks every pool's integrity
 
 
