@@ -28,10 +28,10 @@ class RouterConfig:
     predicted_ttl_s: float = 10.0
     dispatch_lag_s: float = 0.05
     cost: CostModel = field(default_factory=CostModel)
-    choices: int = 2  # replicas sampled among the near-best; the cheaper of them wins
+    choices: int = 2  # replicas sampled among the near-best; the one with fewest requests wins
     margin_rel: float = 0.05  # near-best: within this fraction of the best cost
-    # What recomputing a prefix another replica caches costs later, in prefills of it: the
-    # copy evicts other prefixes here, and the group's requests then miss on two caches.
+    # What a placement costs later, in prefills of the tokens concerned: copying a prefix
+    # another replica caches (the group then misses on two caches), or evicting prefixes in use.
     affinity: float = 1.0
     # A prefix counts towards a replica's cache footprint for this long after it was sent there.
     footprint_window_s: float = 30.0
