@@ -18,8 +18,14 @@ from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from router.grpc_api.backend import Backend, check_admission
-from worker.errors import KVFleetError, NoReplicaError, WorkerFailedError
+from router.grpc_api.backend import Backend
+from worker.errors import (
+    DuplicateRequestError,
+    KVFleetError,
+    NoReplicaError,
+    OverloadedError,
+    WorkerFailedError,
+)
 from worker.messages import GenerationRequest, RequestOutput
 from worker.request_builder import RequestBuilder
 
@@ -70,7 +76,12 @@ class ServeBackend(Backend):
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
         if not self.healthy():
             raise NoReplicaError(f"no replica of {self.app_name!r} is running")
-        check_admission(request.request_id, self._running, self.max_queued_requests)
+        if request.request_id in self._running:
+            raise DuplicateRequestError(request.request_id)
+        if len(self._running) >= self.max_queued_requests:
+            raise OverloadedError(
+                f"{len(self._running)} requests in flight, at most {self.max_queued_requests}"
+            )
         response = cast(DeploymentResponseGenerator, self.handle.generate.remote(request))
         call = _InFlight(response)
         self._running[request.request_id] = call

@@ -5,9 +5,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import AsyncGenerator
 
-from worker.errors import DuplicateRequestError, OverloadedError
 from worker.messages import GenerationRequest, RequestOutput
 from worker.request_builder import RequestBuilder
 
@@ -33,11 +32,3 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def healthy(self) -> bool:
         """Whether a request sent now can be served."""
-
-
-def check_admission(request_id: str, running: Collection[str], max_queued: int) -> None:
-    """Refuse a request id already running here, or one more request than ``max_queued``."""
-    if request_id in running:
-        raise DuplicateRequestError(request_id)
-    if len(running) >= max_queued:
-        raise OverloadedError(f"{len(running)} requests in flight, at most {max_queued}")

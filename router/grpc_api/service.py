@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
@@ -15,10 +14,8 @@ from protos.kvfleet.v1 import generation_pb2_grpc as pb_grpc
 from router.grpc_api.backend import Backend
 from router.grpc_api.convert import generate_response, prompt_of, request_id_of, sampling_params
 from router.grpc_api.status import abort_with
-from worker.errors import DeadlineExceededError, InvalidRequestError, KVFleetError, NoReplicaError
+from worker.errors import DeadlineExceededError, InvalidRequestError
 from worker.messages import GenerationRequest
-
-_log = logging.getLogger(__name__)
 
 
 class GenerationService(pb_grpc.GenerationServicer):
@@ -47,9 +44,7 @@ class GenerationService(pb_grpc.GenerationServicer):
         try:
             async with asyncio.timeout_at(deadline):
                 validated = await self._validate(request)
-            if not self.backend.healthy():
-                raise NoReplicaError("no healthy backend")
-            stream = self.backend.generate(validated)
+            stream = self.backend.generate(validated)  # refuses at once when not healthy
             async with aclosing(stream):
                 while True:
                     async with asyncio.timeout_at(deadline):
@@ -60,10 +55,8 @@ class GenerationService(pb_grpc.GenerationServicer):
         except TimeoutError:
             passed = DeadlineExceededError("the call's deadline passed; the request was aborted")
             await abort_with(context, passed)
-        except KVFleetError as exc:
-            await abort_with(context, exc)
         except Exception as exc:
-            await _internal(context, exc)
+            await abort_with(context, exc)
 
     async def Abort(
         self, request: pb.AbortRequest, context: grpc.aio.ServicerContext
@@ -84,10 +77,8 @@ class GenerationService(pb_grpc.GenerationServicer):
             ids = await loop.run_in_executor(
                 self._tokenizers, builder.tokenizer.encode, request.text
             )
-        except KVFleetError as exc:
-            await abort_with(context, exc)
         except Exception as exc:
-            await _internal(context, exc)
+            await abort_with(context, exc)
         return pb.TokenizeResponse(token_ids=ids)
 
     async def ListModels(
@@ -120,10 +111,3 @@ class GenerationService(pb_grpc.GenerationServicer):
         served = self.backend.model_name
         if model and model != served:
             raise InvalidRequestError("model", f"{model!r} is not served (try {served!r})")
-
-
-async def _internal(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-    """A bug, not the client's doing: log the cause here, tell the client only that it failed
-    (``context.abort`` raises, ending the call)."""
-    _log.error("internal error serving a call", exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__})")

@@ -6,11 +6,10 @@
     OverloadedError            -> RESOURCE_EXHAUSTED (every queue it could wait in is full)
     NoReplicaError, EngineDeadError, WorkerFailedError -> UNAVAILABLE
     DeadlineExceededError      -> DEADLINE_EXCEEDED (the call's deadline passed; request aborted)
-    any other KVFleetError     -> INTERNAL, its cause logged
+    anything else              -> INTERNAL, its cause logged, only its type told
 
 A call the client cancels ends as CANCELLED without the server sending anything: gRPC cancels the
-handler, and unwinding it aborts the engine request. The service turns anything that is not a
-KVFleetError into INTERNAL with the cause logged: a bug, never a traceback to the client.
+handler, and unwinding it aborts the engine request. Never a traceback to the client.
 """
 
 from __future__ import annotations
@@ -68,15 +67,16 @@ def proto_field(engine_field: str) -> str:
     return _PROTO_FIELDS.get(engine_field, engine_field)
 
 
-def status_for(exc: KVFleetError) -> grpc.StatusCode:
+def status_for(exc: Exception) -> grpc.StatusCode:
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return code
     return grpc.StatusCode.INTERNAL
 
 
-async def abort_with(context: grpc.aio.ServicerContext, exc: KVFleetError) -> None:
-    """End the call with ``exc``'s status code (``context.abort`` raises)."""
+async def abort_with(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    """End the call with ``exc``'s status code (``context.abort`` raises). INTERNAL is a bug,
+    not the client's doing: its cause is logged here, and the client is told only its kind."""
     code = status_for(exc)
     if isinstance(exc, InvalidRequestError):
         field = proto_field(exc.field)
@@ -84,5 +84,5 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: KVFleetError) -> No
         await context.abort(code, f"{field}: {message}", ((FIELD_TRAILER, field),))
     if code == grpc.StatusCode.INTERNAL:
         _log.error("internal error serving a call", exc_info=exc)
-        await context.abort(code, f"internal error ({type(exc).__name__}: {exc})")
+        await context.abort(code, f"internal error ({type(exc).__name__})")
     await context.abort(code, str(exc) or type(exc).__name__)
