@@ -132,7 +132,7 @@ class SimReplica:
     def load_report(self) -> LoadReport:
         scheduler = self.scheduler
         rate = self.prefill_rate.tokens_per_s
-        return self.kv.load_report(scheduler.waiting, len(scheduler.running), rate)
+        return self.kv.load_report(scheduler.waiting, scheduler.running, rate)
 
 
 def _output_token(request: Request) -> int:

@@ -10,7 +10,7 @@ UNKNOWN_FREE_BLOCKS = 1 << 62  # before a replica's first report: assume room
 
 IDLE = LoadReport(
     num_waiting=0,
-    waiting_prefill_tokens=0,
+    prefill_tokens=0,
     num_running=0,
     kv_usage=0.0,
     num_free_blocks=UNKNOWN_FREE_BLOCKS,
@@ -32,7 +32,8 @@ class ReplicaLoad:
     """The last report is the truth; each dispatch since adds its uncached tokens to the queue
     at once, so that this router does not keep choosing a replica whose report is stale.
 
-    The engine reports its waiting prompt tokens net of what its prefix cache already holds,
+    The engine reports the prompt tokens it has yet to compute (waiting requests net of what
+    its prefix cache already holds, and what running ones have left of their prefill),
     so a queue of requests that will mostly hit does not look longer than it is.
 
     Reconciliation: ``on_report`` takes the time the report was *taken* (the caller corrects
@@ -64,7 +65,7 @@ class ReplicaLoad:
     @property
     def queued_tokens(self) -> float:
         """Prompt tokens ahead of a new request that the replica still has to compute."""
-        return self.report.waiting_prefill_tokens + self.pending_tokens
+        return self.report.prefill_tokens + self.pending_tokens
 
     @property
     def num_waiting(self) -> int:

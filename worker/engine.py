@@ -219,7 +219,7 @@ class Engine:
     def load_report(self) -> LoadReport:
         scheduler = self.scheduler
         return self.kv.load_report(
-            scheduler.waiting, len(scheduler.running), self.prefill_rate.tokens_per_s
+            scheduler.waiting, scheduler.running, self.prefill_rate.tokens_per_s
         )
 
     def drain_kv_events(self) -> list[KVEvent]:

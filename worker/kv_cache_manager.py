@@ -103,17 +103,23 @@ class KVCacheManager:
         self.pool.free(reversed(blocks))
 
     def load_report(
-        self, waiting: Iterable[Request], num_running: int, prefill_tokens_per_s: float = 0.0
+        self,
+        waiting: Iterable[Request],
+        running: Iterable[Request],
+        prefill_tokens_per_s: float = 0.0,
     ) -> LoadReport:
-        """The replica's load as routers read it, given its queue of waiting requests."""
-        waiting = list(waiting)
+        """The replica's load as routers read it, given its waiting and running requests."""
+        waiting, running = list(waiting), list(running)
         return LoadReport(
             num_waiting=len(waiting),
-            # Net of what the prefix cache already holds: what prefill will really cost.
-            waiting_prefill_tokens=sum(
+            # Net of what the prefix cache already holds: what prefill will really cost. A
+            # running request with prefill left (a chunked prompt, or one in the step now
+            # running) is still work ahead of the next arrival.
+            prefill_tokens=sum(
                 r.num_tokens - len(self.get_computed_blocks(r)) * self.block_size for r in waiting
-            ),
-            num_running=num_running,
+            )
+            + sum(max(0, r.num_prompt_tokens - r.num_computed_tokens) for r in running),
+            num_running=len(running),
             kv_usage=self.pool.usage(),
             num_free_blocks=self.pool.num_free,
             prefix_queries=self.prefix_queries,

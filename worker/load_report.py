@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class LoadReport:
     num_waiting: int
-    waiting_prefill_tokens: int  # prompt tokens of waiting requests not yet computed
+    prefill_tokens: int  # prompt tokens still to compute, waiting and running requests'
     num_running: int
     kv_usage: float  # fraction of KV blocks in use
     num_free_blocks: int

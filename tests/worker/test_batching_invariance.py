@@ -83,4 +83,4 @@ def test_load_report_counts_waiting_tokens_net_of_cache_hits(demo_model_dir: Pat
     engine.add_request(engine.make_request("queued", second, GREEDY_32))
     cached = len(engine.kv.get_computed_blocks(engine.scheduler.waiting[0])) * 16
     assert cached > 0
-    assert engine.load_report().waiting_prefill_tokens == len(second) - cached
+    assert engine.load_report().prefill_tokens == len(second) - cached
