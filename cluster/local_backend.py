@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import cast
 
-from router.grpc_api.backend import Backend
+from router.backend import Backend
 from worker.async_engine import AsyncEngine
 from worker.errors import NoReplicaError, OverloadedError
 from worker.messages import GenerationRequest, RequestOutput

@@ -18,7 +18,7 @@ from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from router.grpc_api.backend import Backend
+from router.backend import Backend
 from worker.errors import (
     DuplicateRequestError,
     KVFleetError,

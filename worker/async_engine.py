@@ -72,7 +72,8 @@ class AsyncEngine:
 
     @property
     def alive(self) -> bool:
-        """False once the step loop has stopped on a failure; every later request is refused."""
+        """False once the step loop has stopped (on a failure, or shut down); every later
+        request is refused."""
         return self._dead is None
 
     @property
@@ -143,6 +144,8 @@ class AsyncEngine:
                     except queue.Empty:
                         break
                     if command is None:
+                        self._dead = EngineDeadError("the engine was shut down")
+                        self._fail_all("engine shut down")
                         self._refuse_calls("engine shut down")
                         return
                     self._apply(command)

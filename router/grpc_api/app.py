@@ -10,22 +10,28 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from protos.kvfleet.v1 import generation_pb2 as pb
-from router.grpc_api.backend import Backend
+from router.backend import Backend
 from router.grpc_api.service import GenerationService, pb_grpc
+from router.intake import Intake
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 HEALTH_POLL_S = 1.0
 
 # Health trackers run until their server stops; held here so they are not garbage-collected.
 _trackers: set[asyncio.Task[None]] = set()
-_services: dict[grpc.aio.Server, GenerationService] = {}  # to close their thread pools
+_owned: dict[grpc.aio.Server, Intake] = {}  # intakes a server made itself, closed with it
 
 
-async def serve(backend: Backend, host: str = "127.0.0.1", port: int = 50051) -> grpc.aio.Server:
+async def serve(
+    backend: Backend, host: str = "127.0.0.1", port: int = 50051, intake: Intake | None = None
+) -> grpc.aio.Server:
     """Start serving ``backend`` on host:port; stop with ``stop``. Must run on the event loop
-    that will serve the calls."""
+    that will serve the calls. ``intake``: one shared with the HTTP front door (its owner
+    closes it); by default the server makes its own."""
     server = grpc.aio.server()
-    service = _services[server] = GenerationService(backend)
+    if intake is None:
+        intake = _owned[server] = Intake(backend)
+    service = GenerationService(backend, intake)
     pb_grpc.add_GenerationServicer_to_server(service, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -50,9 +56,9 @@ async def stop(server: grpc.aio.Server, grace_s: float = 5.0) -> None:
     """Refuse new calls, give running ones ``grace_s`` to finish, then cancel them (which aborts
     their engine requests). The backend is the caller's to shut down afterwards."""
     await server.stop(grace_s)
-    service = _services.pop(server, None)
-    if service is not None:
-        service.close()
+    intake = _owned.pop(server, None)
+    if intake is not None:
+        intake.close()
 
 
 async def _track_health(

@@ -4,33 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 
 import grpc
 
 from protos.kvfleet.v1 import generation_pb2 as pb
 from protos.kvfleet.v1 import generation_pb2_grpc as pb_grpc
-from router.grpc_api.backend import Backend
+from router.backend import Backend
 from router.grpc_api.convert import generate_response, prompt_of, request_id_of, sampling_params
 from router.grpc_api.status import abort_with
-from worker.errors import DeadlineExceededError, InvalidRequestError
+from router.intake import Intake
+from worker.errors import DeadlineExceededError
 from worker.messages import GenerationRequest
 
 
 class GenerationService(pb_grpc.GenerationServicer):
-    """Serves Generation over one Backend. The event loop only checks sizes and moves bytes:
-    tokenizing runs on a small thread pool (the tokenizer releases the GIL), so one huge prompt
-    never stalls other streams or the health check. Errors reach the client through status.py's
-    mapping; a call that ends early (deadline, cancellation, server stop) closes the backend
-    stream, which aborts the request and frees its KV blocks."""
+    """Serves Generation over one Backend, validating through an Intake (shared with the HTTP
+    front door). Errors reach the client through status.py's mapping; a call that ends early
+    (deadline, cancellation, server stop) closes the backend stream, which aborts the request
+    and frees its KV blocks."""
 
-    def __init__(self, backend: Backend, tokenizer_threads: int = 2) -> None:
+    def __init__(self, backend: Backend, intake: Intake) -> None:
         self.backend = backend
-        self._tokenizers = ThreadPoolExecutor(tokenizer_threads, "kvfleet-tokenize")
-
-    def close(self) -> None:
-        self._tokenizers.shutdown(wait=False, cancel_futures=True)
+        self.intake = intake
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -67,16 +63,8 @@ class GenerationService(pb_grpc.GenerationServicer):
         self, request: pb.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> pb.TokenizeResponse:
         try:
-            self._check_model(request.model)
-            builder = self.backend.requests
-            if len(request.text) > builder.max_prompt_chars:
-                raise InvalidRequestError(
-                    "text", f"{len(request.text)} characters, at most {builder.max_prompt_chars}"
-                )
-            loop = asyncio.get_running_loop()
-            ids = await loop.run_in_executor(
-                self._tokenizers, builder.tokenizer.encode, request.text
-            )
+            self.intake.check_model(request.model)
+            ids = await self.intake.encode(request.text)
         except Exception as exc:
             await abort_with(context, exc)
         return pb.TokenizeResponse(token_ids=ids)
@@ -93,21 +81,7 @@ class GenerationService(pb_grpc.GenerationServicer):
         return pb.ListModelsResponse(models=[model])
 
     async def _validate(self, request: pb.GenerateRequest) -> GenerationRequest:
-        """Cheap checks on the loop first, so that an oversized request costs nothing; then the
-        tokenizer and the rest of the validation on the thread pool."""
-        self._check_model(request.model)
-        builder = self.backend.requests
-        request_id, prompt = request_id_of(request), prompt_of(request)
+        self.intake.check_model(request.model)
+        prompt, params = prompt_of(request), sampling_params(request.sampling)
         cache_salt = request.cache_salt or None
-        builder.check_sizes(request_id, prompt, cache_salt)
-        params = sampling_params(request.sampling)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._tokenizers, builder.build, request_id, prompt, params, cache_salt
-        )
-
-    def _check_model(self, model: str) -> None:
-        """An empty name means the only served model; any other must be it."""
-        served = self.backend.model_name
-        if model and model != served:
-            raise InvalidRequestError("model", f"{model!r} is not served (try {served!r})")
+        return await self.intake.validate(request_id_of(request), prompt, params, cache_salt)

@@ -177,3 +177,18 @@ async def test_call_after_shutdown_is_refused(demo_model_dir: Path) -> None:
     engine.shutdown()
     with pytest.raises(EngineDeadError):
         await engine.call(lambda e: e.load_report())
+
+
+async def test_shutdown_ends_open_streams_and_refuses_new_ones(demo_model_dir: Path) -> None:
+    # A stream left open at shutdown would wait forever, and a request sent after it would
+    # queue on a loop that no longer runs: both must fail, and the engine say it is not alive.
+    engine = AsyncEngine(make_engine(demo_model_dir))
+    stream = _generate(engine, "Running at shutdown", LONG, "open")
+    await anext(stream)
+    await asyncio.to_thread(engine.shutdown)
+    assert not engine.alive
+    with pytest.raises(EngineDeadError, match="shut down"):
+        async for _ in stream:
+            pass
+    with pytest.raises(EngineDeadError):
+        await _collect(engine, "After shutdown", LONG, "late")

@@ -10,7 +10,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from protos.kvfleet.v1 import generation_pb2 as pb
 from router.client import GenerationClient, Sampling
 from router.grpc_api.status import FIELD_TRAILER
-from tests.router.grpc_api.conftest import MODEL_NAME, RunningServer
+from tests.router.grpc_api.conftest import MODEL_NAME
+from tests.router.serving import RunningServer
 
 GOOD: Sampling = {"max_tokens": 32, "temperature": 0.0, "ignore_eos": True}
 

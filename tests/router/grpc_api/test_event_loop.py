@@ -15,7 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cluster.local_backend import LocalBackend
 from router.client import GenerationClient
-from tests.router.grpc_api.conftest import MODEL_NAME, RunningServer
+from tests.router.grpc_api.conftest import MODEL_NAME
+from tests.router.serving import RunningServer
 from tests.worker.engine_helpers import make_engine
 from worker.async_engine import AsyncEngine
 

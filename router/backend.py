@@ -1,4 +1,4 @@
-"""What the gRPC layer serves validated requests with: one in-process engine
+"""What the front doors (gRPC and HTTP) serve validated requests with: one in-process engine
 (cluster/local_backend.py) or Ray Serve replicas chosen by the routing policy
 (cluster/serve_backend.py)."""
 
@@ -14,7 +14,7 @@ from worker.request_builder import RequestBuilder
 class Backend(abc.ABC):
     """Runs validated requests. ``requests`` validates and tokenizes exactly as the engines
     behind it do, so the front door refuses bad input before anything is queued. Errors are
-    kvfleet's own (worker/errors.py), so that the gRPC layer can map each to one status code.
+    kvfleet's own (worker/errors.py), so that each front door can map each to one status code.
     Closing a ``generate`` stream before its final output aborts the request."""
 
     requests: RequestBuilder

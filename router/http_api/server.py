@@ -1,0 +1,64 @@
+"""Start and stop the HTTP front door: uvicorn on the caller's event loop, beside gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import uvicorn
+
+from router.http_api.app import HTTPConfig, build_app
+from router.http_api.chat_template import ChatTemplate
+from router.intake import Intake
+
+
+class _Server(uvicorn.Server):
+    """Leaves signals to the process that embeds it (uvicorn would take SIGINT and SIGTERM)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HTTPServer:
+    """A running uvicorn server; ``stop`` it on the loop that started it."""
+
+    def __init__(self, server: _Server, task: asyncio.Task[None]) -> None:
+        self._server = server
+        self._task = task
+
+    @property
+    def port(self) -> int:
+        return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Refuse new connections, give open ones ``grace_s`` (whole seconds, at least one:
+        uvicorn's unit), then cancel them (which aborts their engine requests)."""
+        self._server.config.timeout_graceful_shutdown = max(round(grace_s), 1)
+        self._server.should_exit = True
+        await self._task
+
+
+async def serve(
+    intake: Intake,
+    chat_template: ChatTemplate | None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: HTTPConfig | None = None,
+) -> HTTPServer:
+    """Serve the OpenAI API for ``intake``'s backend on host:port (0: any free port). Must run
+    on the event loop that serves the gRPC calls, so both front doors share it."""
+    app = build_app(intake, chat_template, config)
+    server = _Server(
+        uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():  # it failed to start (a port in use): raise its error
+            await task
+            raise OSError(f"the HTTP server did not start on {host}:{port}")
+        await asyncio.sleep(0.01)
+    return HTTPServer(server, task)
