@@ -28,12 +28,16 @@ $(STAMP): pyproject.toml
 $(DEMO_MODEL)/config.json: | $(STAMP)
 	$(VENV)/bin/kvfleet demo-model $(DEMO_MODEL) --preset tiny --seed 0
 
-# Up (Redis, local Ray, 2 Serve replicas, the gRPC router on :50051), one streamed Generate,
-# down again, whether or not the generation succeeded.
+# Up (Redis, local Ray, 2 Serve replicas, the router: gRPC on :50051, OpenAI HTTP on :8000),
+# one streamed Generate over gRPC, one chat completion over HTTP, down again, whether or not
+# they succeeded.
 demo: $(STAMP) redis-server $(DEMO_MODEL)/config.json
 	$(VENV)/bin/kvfleet up --model $(DEMO_MODEL) --replicas 2
-	$(VENV)/bin/kvfleet generate --max-tokens $(MAX_TOKENS) "$(PROMPT)"; \
-		status=$$?; $(VENV)/bin/kvfleet down; exit $$status
+	$(VENV)/bin/kvfleet generate --max-tokens $(MAX_TOKENS) "$(PROMPT)" && \
+	curl -sS --fail-with-body http://127.0.0.1:8000/v1/chat/completions \
+		-H 'Content-Type: application/json' \
+		-d '{"model": "demo-tiny", "max_tokens": 24, "messages": [{"role": "user", "content": "What does the router do?"}]}'; \
+		status=$$?; echo; $(VENV)/bin/kvfleet down; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

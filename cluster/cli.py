@@ -25,7 +25,15 @@ def _demo_model(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     os.environ.setdefault(*RAY_AUTH_MODE)
-    from cluster import fleet_status, generate, local_server, router_process, supervisor, up
+    from cluster import (
+        fleet_status,
+        generate,
+        http_options,
+        local_server,
+        router_process,
+        supervisor,
+        up,
+    )
     from cluster.demo_model import PRESETS
 
     parser = argparse.ArgumentParser(prog="kvfleet", description=__doc__)
@@ -50,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     stop.set_defaults(run=up.down)
 
     single = commands.add_parser(
-        "serve", help="serve one model in this process on the gRPC API (foreground, no Ray)"
+        "serve", help="serve one model in this process, gRPC and HTTP (foreground, no Ray)"
     )
     local_server.add_arguments(single)
     single.set_defaults(run=local_server.run)
@@ -72,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--app-name", default="kvfleet")
     attach.add_argument("--host", default="127.0.0.1")
     attach.add_argument("--port", type=int, default=50052)
+    http_options.add_arguments(attach, default_port=8001)
     attach.set_defaults(run=router_process.run)
     return parser
 

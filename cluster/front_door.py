@@ -1,6 +1,7 @@
-"""The gRPC front door of a running Serve application: `kvfleet up` runs one in its own
-process, and `kvfleet router` adds more. Each process holds its own copy of the routing policy
-(Serve builds the request router per process), fed with the replicas' KV events through Redis."""
+"""The front doors (gRPC, and the OpenAI HTTP API beside it) of a running Serve application:
+`kvfleet up` runs one in its own process, and `kvfleet router` adds more. Each process holds
+its own copy of the routing policy (Serve builds the request router per process), fed with the
+replicas' KV events through Redis."""
 
 from __future__ import annotations
 
@@ -14,9 +15,13 @@ import grpc
 from ray import serve
 
 from cluster.app import DEPLOYMENT
+from cluster.http_options import HTTPOptions
 from cluster.serve_backend import ServeBackend
 from router.grpc_api.app import serve as serve_grpc
 from router.grpc_api.app import stop as stop_grpc
+from router.http_api import HTTPServer
+from router.http_api import serve as serve_http
+from router.intake import Intake
 from worker.config import EngineConfig
 from worker.model_config import ModelConfig
 from worker.request_builder import RequestBuilder
@@ -25,32 +30,50 @@ from worker.tokenizer import Tokenizer
 T = TypeVar("T")
 
 
+NO_HTTP = HTTPOptions(port=0, chat_template=None, request_timeout_s=None)
+
+
 @dataclass
 class FrontDoor:
-    """A gRPC server over a ServeBackend."""
+    """A gRPC server, and an HTTP one unless disabled, over one ServeBackend and Intake."""
 
     server: grpc.aio.Server
+    http: HTTPServer | None
+    intake: Intake
     backend: ServeBackend
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        if self.http is not None:
+            await self.http.stop(grace_s)
         await stop_grpc(self.server, grace_s)
+        self.intake.close()
         await self.backend.close()
 
 
 async def start_front_door(
-    app_name: str, host: str = "127.0.0.1", port: int = 50051, max_queued_requests: int = 1024
+    app_name: str,
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    max_queued_requests: int = 1024,
+    http: HTTPOptions = NO_HTTP,
 ) -> FrontDoor:
-    """Serve the application's engine deployment on host:port. The engine configuration comes
-    from a replica, so the front door validates and hashes exactly as the replicas do. Call on the
-    event loop that will serve the calls, in a process connected to the Ray cluster."""
+    """Serve the application's engine deployment on host:port (gRPC) and host:http.port (HTTP).
+    The engine configuration comes from a replica, so the front door validates and hashes
+    exactly as the replicas do. Call on the event loop that will serve the calls, in a process
+    connected to the Ray cluster."""
     handle = serve.get_deployment_handle(DEPLOYMENT, app_name=app_name)
     config: EngineConfig = await handle.engine_config.remote()
     model_config = ModelConfig.from_dir(config.model, config.dtype)
     requests = RequestBuilder(config, model_config, Tokenizer.from_dir(config.model))
     backend = ServeBackend(handle, requests, config.model.name, app_name, max_queued_requests)
+    template = http.chat_template_for(config.model) if http.port else None
     await backend.start()
-    server = await serve_grpc(backend, host, port)
-    return FrontDoor(server, backend)
+    intake = Intake(backend)
+    server = await serve_grpc(backend, host, port, intake)
+    http_server = None
+    if http.port:
+        http_server = await serve_http(intake, template, host, http.port, http.config)
+    return FrontDoor(server, http_server, intake, backend)
 
 
 class FrontDoorThread:

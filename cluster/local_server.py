@@ -1,5 +1,5 @@
-"""`kvfleet serve`: one model served in this process on the gRPC API, in the foreground, without
-Ray or Redis: the smallest deployment, and the front door's own test bed."""
+"""`kvfleet serve`: one model served in this process on the gRPC API and the OpenAI HTTP API, in
+the foreground, without Ray or Redis: the smallest deployment, and the front doors' test bed."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import asyncio
 import signal
 from pathlib import Path
 
+from cluster import http_options
 from cluster.local_backend import LocalBackend
 from router.grpc_api.app import serve, stop
+from router.http_api import serve as serve_http
+from router.intake import Intake
 from worker.async_engine import AsyncEngine
 from worker.config import EngineConfig
 from worker.engine import Engine
@@ -21,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--max-queued-requests", type=int, default=1024)
+    http_options.add_arguments(parser, default_port=8000)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,20 +34,32 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--max-queued-requests must be at least 1, got {args.max_queued_requests}"
         )
-    asyncio.run(_serve(args))
+    http = http_options.from_args(args)
+    asyncio.run(_serve(args, http))
     return 0
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace, http: http_options.HTTPOptions) -> None:
+    template = http.chat_template_for(args.model) if http.port else None
     engine = AsyncEngine(Engine(EngineConfig(model=args.model)))
     backend = LocalBackend(engine, args.name or args.model.name, args.max_queued_requests)
-    server = await serve(backend, args.host, args.port)
-    print(f"kvfleet serve: {backend.model_name} on {args.host}:{args.port}", flush=True)
-    stopping = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
+    intake = Intake(backend)
+    server = await serve(backend, args.host, args.port, intake)
+    http_server = None
     try:
+        if http.port:
+            http_server = await serve_http(intake, template, args.host, http.port, http.config)
+        served = f"gRPC on {args.host}:{args.port}"
+        if http_server is not None:
+            served += f", HTTP on {args.host}:{http.port}"
+        print(f"kvfleet serve: {backend.model_name}, {served}", flush=True)
+        stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
         await stopping.wait()
     finally:
+        if http_server is not None:
+            await http_server.stop()
         await stop(server)
+        intake.close()
         engine.shutdown()

@@ -9,13 +9,16 @@ import signal
 
 import ray
 
-from cluster import ray_cluster
+from cluster import http_options, ray_cluster
 from cluster.front_door import start_front_door
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    router = await start_front_door(args.app_name, args.host, args.port)
-    print(f"kvfleet router: serving {args.app_name!r} on {args.host}:{args.port}", flush=True)
+async def _serve(args: argparse.Namespace, http: http_options.HTTPOptions) -> None:
+    router = await start_front_door(args.app_name, args.host, args.port, http=http)
+    served = f"gRPC on {args.host}:{args.port}"
+    if http.port:
+        served += f", HTTP on {args.host}:{http.port}"
+    print(f"kvfleet router: serving {args.app_name!r}, {served}", flush=True)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
@@ -26,9 +29,10 @@ async def _serve(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    http = http_options.from_args(args)
     ray_cluster.join(args.ray_address)
     try:
-        asyncio.run(_serve(args))
+        asyncio.run(_serve(args, http))
     finally:
         ray.shutdown()
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import ray
 from ray import serve
 
+from cluster import http_options
 from cluster.app import FleetConfig, deploy
 from cluster.front_door import start_front_door
 from cluster.redis_server import RedisServer
@@ -36,6 +37,7 @@ class RunState:
 
     pid: int
     target: str  # host:port of the gRPC router
+    http_target: str  # host:port of its OpenAI HTTP API; "" when off
     ray_address: str
     redis_url: str
     app_name: str
@@ -59,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
+    http_options.add_arguments(parser, default_port=8000)
     parser.add_argument("--redis-url", default=None, help="default: start redis-server here")
     parser.add_argument("--policy", default="kvfleet", choices=["kvfleet", "round_robin"])
     parser.add_argument("--app-name", default="kvfleet")
@@ -78,6 +81,7 @@ def fleet_config(args: argparse.Namespace) -> FleetConfig:
         )
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    http_options.from_args(args)
     if args.kv_cache_mb < 1:
         raise ValueError(f"--kv-cache-mb must be at least 1, got {args.kv_cache_mb}")
     if args.num_cpus is not None and args.num_cpus < 1:
@@ -98,7 +102,8 @@ async def _serve(config: FleetConfig, args: argparse.Namespace) -> None:
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         deploy(config)
-        router = await start_front_door(config.app_name, args.host, args.port)
+        http = http_options.from_args(args)
+        router = await start_front_door(config.app_name, args.host, args.port, http=http)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -106,6 +111,7 @@ async def _serve(config: FleetConfig, args: argparse.Namespace) -> None:
         RunState(
             pid=os.getpid(),
             target=f"{args.host}:{args.port}",
+            http_target=f"{args.host}:{http.port}" if http.port else "",
             ray_address=ray.get_runtime_context().gcs_address,
             redis_url=config.redis_url or "",
             app_name=config.app_name,

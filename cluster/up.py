@@ -31,6 +31,8 @@ def up(args: argparse.Namespace) -> int:
         )
     fleet_config(args)  # bad options fail here, before a process starts
     _check_port_free(args.host, args.port)
+    if args.http_port:
+        _check_port_free(args.host, args.http_port)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ERROR_FILE).unlink(missing_ok=True)
     command = [sys.executable, "-m", "cluster.supervisor", *_passthrough(args)]
@@ -48,7 +50,9 @@ def up(args: argparse.Namespace) -> int:
             raise FleetError(f"the fleet did not start:\n{detail[-3000:]}")
         time.sleep(0.2)
     print(
-        f"kvfleet up: router on {state.target}, {args.replicas} replicas of {args.model}, "
+        f"kvfleet up: router on {state.target} (gRPC)"
+        + (f" and http://{state.http_target} (OpenAI HTTP)" if state.http_target else "")
+        + f", {args.replicas} replicas of {args.model}, "
         f"Redis at {state.redis_url} (pid {state.pid}; log {run_dir / LOG_FILE})"
     )
     return 0

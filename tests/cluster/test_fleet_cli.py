@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import openai
 import pytest
 
 from cluster.cli import main
@@ -25,6 +26,10 @@ KVFLEET = [sys.executable, "-m", "cluster.cli"]
         (["--model", "/no/such/model"], "no config.json"),
         (["--replicas", "0"], "num_replicas must be at least 1"),
         (["--port", "0"], "--port must be in 1..65535"),
+        (["--http-port", "70000"], "--http-port must be in 0..65535"),
+        (["--port", "9100", "--http-port", "9100"], "--http-port and --port are both 9100"),
+        (["--chat-template", "/no/such.jinja"], "--chat-template /no/such.jinja: no such file"),
+        (["--request-timeout-s", "-1"], "--request-timeout-s must be a positive number"),
         (["--kv-cache-mb", "0"], "--kv-cache-mb must be at least 1"),
         (["--torch-threads", "0"], "torch_threads must be at least 1"),
         (["--redis-url", "localhost:6379"], "redis_url 'localhost:6379': Redis URL must specify"),
@@ -82,13 +87,15 @@ def test_down_with_nothing_running_says_so(
 
 @pytest.mark.slow
 def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
-    port, run_dir = free_port(), tmp_path / "run"
+    port, http_port, run_dir = free_port(), free_port(), tmp_path / "run"
     up = [*KVFLEET, "up", "--model", str(demo_model_dir), "--replicas", "2"]
     up += ["--port", str(port), "--run-dir", str(run_dir), "--kv-cache-mb", "16"]
-    subprocess.run(up, check=True, timeout=300)
+    subprocess.run([*up, "--http-port", str(http_port)], check=True, timeout=300)
     state = RunState.read(run_dir)
     assert state is not None and state.target == f"127.0.0.1:{port}"
+    assert state.http_target == f"127.0.0.1:{http_port}"
     try:
+        _chat_once(f"http://{state.http_target}/v1")
         again = subprocess.run(up, capture_output=True, text=True, timeout=60)
         assert again.returncode == 2 and "already up" in again.stderr
         generate = [*KVFLEET, "generate", "--target", state.target, "--max-tokens", "8"]
@@ -112,15 +119,18 @@ def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_serve_answers_generate_in_process_and_stops_on_sigterm(demo_model_dir: Path) -> None:
-    port = free_port()
+    port, http_port = free_port(), free_port()
     serve = [*KVFLEET, "serve", "--model", str(demo_model_dir), "--port", str(port)]
+    serve += ["--http-port", str(http_port)]
     process = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert process.stdout is not None
-        assert f"on 127.0.0.1:{port}" in process.stdout.readline()
+        line = process.stdout.readline()
+        assert f"gRPC on 127.0.0.1:{port}, HTTP on 127.0.0.1:{http_port}" in line
         with GenerationClient(f"127.0.0.1:{port}") as client:
             responses = list(client.generate("Hello", max_tokens=4, ignore_eos=True))
         assert responses[-1].finished.usage.completion_tokens == 4
+        _chat_once(f"http://127.0.0.1:{http_port}/v1")
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
@@ -133,3 +143,14 @@ def test_serve_with_a_bad_model_directory_says_so(
         main(["serve", "--model", str(tmp_path)])
     assert exit_.value.code == 2
     assert "config.json: not found" in capsys.readouterr().err
+
+
+def _chat_once(base_url: str) -> None:
+    with openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0) as client:
+        answer = client.chat.completions.create(
+            model="demo-tiny",
+            messages=[{"role": "user", "content": "Hello fleet"}],
+            max_tokens=4,
+            extra_body={"ignore_eos": True},
+        )
+    assert answer.usage is not None and answer.usage.completion_tokens == 4

@@ -16,7 +16,7 @@ SCALARS = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False),
+    st.floats(allow_nan=False, allow_infinity=False),  # what JSON encoders send
     st.text(max_size=20),
 )
 VALUES = st.recursive(
@@ -33,6 +33,9 @@ FIELDS = [
 ]  # fmt: skip
 BODIES = st.dictionaries(st.sampled_from(FIELDS), VALUES, max_size=6)
 RAW = st.one_of(
+    st.sampled_from(
+        [b'{"prompt": "a", "temperature": NaN}', b'{"prompt": "a", "top_p": -Infinity}']
+    ),
     st.binary(max_size=64),
     st.text(max_size=64).map(str.encode),
     VALUES.map(lambda v: json.dumps(v).encode()),
