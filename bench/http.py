@@ -46,7 +46,7 @@ class Scale:
     rounds: int  # per front door
 
 
-FULL = Scale("small", clients=16, prompt_tokens=256, max_tokens=64, requests=96, rounds=5)
+FULL = Scale("tiny", clients=16, prompt_tokens=256, max_tokens=64, requests=64, rounds=5)
 QUICK = Scale("tiny", clients=8, prompt_tokens=128, max_tokens=32, requests=32, rounds=3)
 VOCAB_LOW = 10  # clear of the special tokens
 

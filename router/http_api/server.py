@@ -12,6 +12,8 @@ from router.http_api.app import HTTPConfig, build_app
 from router.http_api.chat_template import ChatTemplate
 from router.intake import Intake
 
+KEEP_ALIVE_S = 75
+
 
 class _Server(uvicorn.Server):
     """Leaves signals to the process that embeds it (uvicorn would take SIGINT and SIGTERM)."""
@@ -52,7 +54,15 @@ async def serve(
     app = build_app(intake, chat_template, config)
     server = _Server(
         uvicorn.Config(
-            app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            # Longer than clients keep idle pooled connections: with uvicorn's 5 s, a client
+            # reusing a connection the server was closing failed its request (seen in bench.http).
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     )
     task = asyncio.create_task(server.serve())
