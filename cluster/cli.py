@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.run(args)
-    except (KVFleetError, ValueError) as exc:
+    except (KVFleetError, ValueError, OSError) as exc:  # a bad option, model or port
         parser.exit(2, f"kvfleet {args.command}: error: {exc}\n")
     return code
 

@@ -11,17 +11,12 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import grpc
 from ray import serve
 
 from cluster.app import DEPLOYMENT
 from cluster.http_options import HTTPOptions
 from cluster.serve_backend import ServeBackend
-from router.grpc_api.app import serve as serve_grpc
-from router.grpc_api.app import stop as stop_grpc
-from router.http_api import HTTPServer
-from router.http_api import serve as serve_http
-from router.intake import Intake
+from router.front_doors import FrontDoors, open_front_doors
 from worker.config import EngineConfig
 from worker.model_config import ModelConfig
 from worker.request_builder import RequestBuilder
@@ -35,18 +30,13 @@ NO_HTTP = HTTPOptions(port=0, chat_template=None, request_timeout_s=None)
 
 @dataclass
 class FrontDoor:
-    """A gRPC server, and an HTTP one unless disabled, over one ServeBackend and Intake."""
+    """Both front doors over one ServeBackend."""
 
-    server: grpc.aio.Server
-    http: HTTPServer | None
-    intake: Intake
+    doors: FrontDoors
     backend: ServeBackend
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        if self.http is not None:
-            await self.http.stop(grace_s)
-        await stop_grpc(self.server, grace_s)
-        self.intake.close()
+        await self.doors.stop(grace_s)
         await self.backend.close()
 
 
@@ -68,12 +58,12 @@ async def start_front_door(
     backend = ServeBackend(handle, requests, config.model.name, app_name, max_queued_requests)
     template = http.chat_template_for(config.model) if http.port else None
     await backend.start()
-    intake = Intake(backend)
-    server = await serve_grpc(backend, host, port, intake)
-    http_server = None
-    if http.port:
-        http_server = await serve_http(intake, template, host, http.port, http.config)
-    return FrontDoor(server, http_server, intake, backend)
+    try:
+        doors = await open_front_doors(backend, host, port, http.http_port, template, http.config)
+    except BaseException:
+        await backend.close()
+        raise
+    return FrontDoor(doors, backend)
 
 
 class FrontDoorThread:

@@ -17,6 +17,11 @@ class HTTPOptions:
     request_timeout_s: float | None
 
     @property
+    def http_port(self) -> int | None:
+        """As router.front_doors takes it: None for no HTTP front door."""
+        return self.port or None
+
+    @property
     def config(self) -> HTTPConfig:
         return HTTPConfig(request_timeout_s=self.request_timeout_s)
 

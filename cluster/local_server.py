@@ -10,9 +10,7 @@ from pathlib import Path
 
 from cluster import http_options
 from cluster.local_backend import LocalBackend
-from router.grpc_api.app import serve, stop
-from router.http_api import serve as serve_http
-from router.intake import Intake
+from router.front_doors import open_front_doors
 from worker.async_engine import AsyncEngine
 from worker.config import EngineConfig
 from worker.engine import Engine
@@ -43,23 +41,17 @@ async def _serve(args: argparse.Namespace, http: http_options.HTTPOptions) -> No
     template = http.chat_template_for(args.model) if http.port else None
     engine = AsyncEngine(Engine(EngineConfig(model=args.model)))
     backend = LocalBackend(engine, args.name or args.model.name, args.max_queued_requests)
-    intake = Intake(backend)
-    server = await serve(backend, args.host, args.port, intake)
-    http_server = None
     try:
-        if http.port:
-            http_server = await serve_http(intake, template, args.host, http.port, http.config)
-        served = f"gRPC on {args.host}:{args.port}"
-        if http_server is not None:
-            served += f", HTTP on {args.host}:{http.port}"
-        print(f"kvfleet serve: {backend.model_name}, {served}", flush=True)
-        stopping = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
-        await stopping.wait()
+        doors = await open_front_doors(
+            backend, args.host, args.port, http.http_port, template, http.config
+        )
+        try:
+            print(f"kvfleet serve: {backend.model_name}, {doors.describe()}", flush=True)
+            stopping = asyncio.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
+            await stopping.wait()
+        finally:
+            await doors.stop()
     finally:
-        if http_server is not None:
-            await http_server.stop()
-        await stop(server)
-        intake.close()
         engine.shutdown()

@@ -15,10 +15,7 @@ from cluster.front_door import start_front_door
 
 async def _serve(args: argparse.Namespace, http: http_options.HTTPOptions) -> None:
     router = await start_front_door(args.app_name, args.host, args.port, http=http)
-    served = f"gRPC on {args.host}:{args.port}"
-    if http.port:
-        served += f", HTTP on {args.host}:{http.port}"
-    print(f"kvfleet router: serving {args.app_name!r}, {served}", flush=True)
+    print(f"kvfleet router: serving {args.app_name!r}, {router.doors.describe()}", flush=True)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stopping.set)

@@ -19,19 +19,15 @@ HEALTH_POLL_S = 1.0
 
 # Health trackers run until their server stops; held here so they are not garbage-collected.
 _trackers: set[asyncio.Task[None]] = set()
-_owned: dict[grpc.aio.Server, Intake] = {}  # intakes a server made itself, closed with it
 
 
-async def serve(
-    backend: Backend, host: str = "127.0.0.1", port: int = 50051, intake: Intake | None = None
-) -> grpc.aio.Server:
-    """Start serving ``backend`` on host:port; stop with ``stop``. Must run on the event loop
-    that will serve the calls. ``intake``: one shared with the HTTP front door (its owner
-    closes it); by default the server makes its own."""
+async def serve(intake: Intake, host: str = "127.0.0.1", port: int = 50051) -> grpc.aio.Server:
+    """Start serving ``intake``'s backend on host:port; stop with ``stop``. Must run on the
+    event loop that will serve the calls. The intake is the caller's (router/front_doors.py
+    shares it with the HTTP front door) and outlives the server."""
+    backend = intake.backend
     server = grpc.aio.server()
-    if intake is None:
-        intake = _owned[server] = Intake(backend)
-    service = GenerationService(backend, intake)
+    service = GenerationService(intake)
     pb_grpc.add_GenerationServicer_to_server(service, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -56,9 +52,6 @@ async def stop(server: grpc.aio.Server, grace_s: float = 5.0) -> None:
     """Refuse new calls, give running ones ``grace_s`` to finish, then cancel them (which aborts
     their engine requests). The backend is the caller's to shut down afterwards."""
     await server.stop(grace_s)
-    intake = _owned.pop(server, None)
-    if intake is not None:
-        intake.close()
 
 
 async def _track_health(

@@ -24,9 +24,9 @@ class GenerationService(pb_grpc.GenerationServicer):
     (deadline, cancellation, server stop) closes the backend stream, which aborts the request
     and frees its KV blocks."""
 
-    def __init__(self, backend: Backend, intake: Intake) -> None:
-        self.backend = backend
+    def __init__(self, intake: Intake) -> None:
         self.intake = intake
+        self.backend: Backend = intake.backend
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext

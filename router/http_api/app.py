@@ -107,7 +107,7 @@ class _Routes:
         builder = ResponseBuilder(
             request_id, self.backend.model_name, chat, self.backend.requests.tokenizer
         )
-        choices = [ChoiceState(i, chat) for i in range(len(requests))]
+        choices = [ChoiceState(i) for i in range(len(requests))]
         headers = {REQUEST_ID_HEADER: request_id}
         events = _Events(stream, first, deadline)
         if body.stream:

@@ -33,10 +33,9 @@ from worker.errors import (
 
 _log = logging.getLogger(__name__)
 
+# InvalidRequestError (and DuplicateRequestError, one of them) carry a field: http_error maps
+# them itself.
 _STATUSES: tuple[tuple[type[KVFleetError], int, str], ...] = (
-    # Order matters: DuplicateRequestError is an InvalidRequestError.
-    (DuplicateRequestError, 409, "invalid_request_error"),
-    (InvalidRequestError, 400, "invalid_request_error"),
     (OverloadedError, 429, "overloaded_error"),
     (NoReplicaError, 503, "unavailable_error"),
     (EngineDeadError, 503, "unavailable_error"),

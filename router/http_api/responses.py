@@ -22,7 +22,6 @@ class ChoiceState:
     """One choice (a prompt's i-th sample) as its deltas arrive."""
 
     index: int
-    chat: bool
     text: list[str] = field(default_factory=list)
     logprobs: list[Any] = field(default_factory=list)  # chat: content entries; else per token
     text_offset: int = 0  # characters so far (completions' logprobs.text_offset)

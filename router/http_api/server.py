@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -50,7 +51,9 @@ async def serve(
     config: HTTPConfig | None = None,
 ) -> HTTPServer:
     """Serve the OpenAI API for ``intake``'s backend on host:port (0: any free port). Must run
-    on the event loop that serves the gRPC calls, so both front doors share it."""
+    on the event loop that serves the gRPC calls, so both front doors share it. A port that
+    cannot be bound raises OSError naming it (uvicorn itself would exit the process)."""
+    sock = _bind(host, port)
     app = build_app(intake, chat_template, config)
     server = _Server(
         uvicorn.Config(
@@ -65,10 +68,23 @@ async def serve(
             timeout_keep_alive=KEEP_ALIVE_S,
         )
     )
-    task = asyncio.create_task(server.serve())
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
-        if task.done():  # it failed to start (a port in use): raise its error
-            await task
+        if task.done():
+            sock.close()
+            await task  # raises what stopped it
             raise OSError(f"the HTTP server did not start on {host}:{port}")
         await asyncio.sleep(0.01)
     return HTTPServer(server, task)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot serve HTTP on {host}:{port}: {exc.strerror}") from None
+    return sock

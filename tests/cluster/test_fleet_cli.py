@@ -154,3 +154,17 @@ def _chat_once(base_url: str) -> None:
             extra_body={"ignore_eos": True},
         )
     assert answer.usage is not None and answer.usage.completion_tokens == 4
+
+
+def test_serve_on_a_busy_http_port_says_so(
+    demo_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        http_port = busy.getsockname()[1]
+        args = ["serve", "--model", str(demo_model_dir), "--port", str(free_port())]
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--http-port", str(http_port)])
+    assert exit_.value.code == 2
+    assert f"cannot serve HTTP on 127.0.0.1:{http_port}" in capsys.readouterr().err

@@ -1,5 +1,5 @@
-"""Real front doors for tests: the gRPC server and, when asked, the HTTP one, on free loopback
-ports over one LocalBackend (a real engine on the demo model), sharing one Intake. They run
+"""Real front doors for tests (router/front_doors.py): the gRPC server and, when asked, the HTTP
+one, on free loopback ports over one LocalBackend (a real engine on the demo model). They run
 their own event loop on a thread so tests stay synchronous."""
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-import grpc
-
 from cluster.local_backend import LocalBackend
-from router.grpc_api import serve, stop
-from router.http_api import ChatTemplate, HTTPConfig, HTTPServer
-from router.http_api import serve as serve_http
-from router.intake import Intake
+from router.front_doors import FrontDoors, open_front_doors
+from router.http_api import ChatTemplate, HTTPConfig
 from tests.net import free_port
 from worker.engine import Engine
 
@@ -38,11 +34,15 @@ class RunningServer:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.intake = Intake(backend)
-        self.server: grpc.aio.Server = self.run(serve(backend, port=self.port, intake=self.intake))
-        self.http: HTTPServer | None = None
-        if http:
-            self.http = self.run(serve_http(self.intake, chat_template, port=0, config=http_config))
+        self.doors: FrontDoors = self.run(
+            open_front_doors(
+                backend,
+                grpc_port=self.port,
+                http_port=0 if http else None,
+                chat_template=chat_template,
+                http_config=http_config,
+            )
+        )
 
     @property
     def engine(self) -> Engine:
@@ -50,8 +50,8 @@ class RunningServer:
 
     @property
     def base_url(self) -> str:
-        assert self.http is not None, "started without HTTP"
-        return f"http://127.0.0.1:{self.http.port}"
+        assert self.doors.http is not None, "started without HTTP"
+        return f"http://127.0.0.1:{self.doors.http.port}"
 
     def wait_until_idle(self, timeout_s: float = 3.0) -> None:
         """Every request gone and every KV block back in the pool. The engine is only read once
@@ -64,10 +64,7 @@ class RunningServer:
         engine.check_integrity()
 
     def close(self) -> None:
-        if self.http is not None:
-            self.run(self.http.stop(grace_s=1.0))
-        self.run(stop(self.server, grace_s=1.0))
-        self.intake.close()
+        self.run(self.doors.stop(grace_s=1.0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.backend.engine.shutdown()
