@@ -80,7 +80,10 @@ async def serve(
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP named, not left 0: asyncio turns Nagle off only on connections of a socket
+    # whose proto says TCP; without it every streamed chunk waited for a delayed ACK (bench.http
+    # measured HTTP's time to first token at 1.4-1.6x gRPC's).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
     try:
         sock.bind((host, port))
