@@ -7,15 +7,19 @@ DEMO_MODEL := .kvfleet/demo-tiny
 PROMPT ?= The scheduler gives each running request one token per step, then
 MAX_TOKENS ?= 48
 
-.PHONY: demo test quick lint unit venv redis-server
+.PHONY: demo test quick lint unit venv system-packages
 
 venv: $(STAMP)
 
-# Tests and `kvfleet up` start a real redis-server on a loopback port; Debian's package is enough.
-redis-server:
-	@command -v redis-server >/dev/null || { \
+# Tests and `kvfleet up` start a real redis-server on a loopback port; the CPU attention kernel
+# (kernels/csrc) is compiled on first use by a C++ compiler. Debian's packages are enough.
+system-packages:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v c++ >/dev/null || missing="$$missing g++"; \
+	[ -z "$$missing" ] || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q redis-server; }
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; }
 
 # torch first, pinned, so pip takes the local CPU wheel instead of the CUDA build.
 $(STAMP): pyproject.toml
@@ -31,7 +35,7 @@ $(DEMO_MODEL)/config.json: | $(STAMP)
 # Up (Redis, local Ray, 2 Serve replicas, the router: gRPC on :50051, OpenAI HTTP on :8000),
 # one streamed Generate over gRPC, one chat completion over HTTP, down again, whether or not
 # they succeeded.
-demo: $(STAMP) redis-server $(DEMO_MODEL)/config.json
+demo: $(STAMP) system-packages $(DEMO_MODEL)/config.json
 	$(VENV)/bin/kvfleet up --model $(DEMO_MODEL) --replicas 2
 	$(VENV)/bin/kvfleet generate --max-tokens $(MAX_TOKENS) "$(PROMPT)" && \
 	curl -sS --fail-with-body http://127.0.0.1:8000/v1/chat/completions \
@@ -44,12 +48,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-unit: $(STAMP) redis-server
+unit: $(STAMP) system-packages
 	$(PY) -m pytest -q
 
 test: lint unit
 
 # The edit loop: lint, then everything but the tests marked slow (Ray replicas, Serve fleets,
 # multi-process torch.distributed). `make test`, which CI runs, runs those too.
-quick: lint redis-server
+quick: lint system-packages
 	$(PY) -m pytest -q -m "not slow"

@@ -2,9 +2,10 @@
 
 Every operation the model runs goes through here, so the choice of implementation is made in
 one place: the Triton kernel when the tensors are on a CUDA device and Triton is installed, else
-(CPU) the torch reference, except attention, whose batched CPU path is tested against its
-reference. Triton modules are imported on first use only, so this module imports on machines
-without Triton.
+(CPU) the torch reference, except attention, which on CPU runs the native kernel that reads the
+paged cache in place (attention_native), or where that cannot be built the batched torch path;
+both are tested against the reference. Triton modules are imported on first use only, so this
+module imports on machines without Triton.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib.util
 
 import torch
 
+from kernels import attention_native
 from kernels.activation_ref import silu_and_mul_ref
 from kernels.attention_cpu import paged_attention_cpu
 from kernels.attention_metadata import PagedAttentionMetadata
@@ -53,6 +55,8 @@ def paged_attention(
         from kernels.attention_triton import paged_attention_triton
 
         return paged_attention_triton(query, kv_cache, meta, scale)
+    if attention_native.supports(query, kv_cache):
+        return attention_native.paged_attention_native(query, kv_cache, meta, scale)
     return paged_attention_cpu(query, kv_cache, meta, scale)
 
 

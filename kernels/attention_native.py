@@ -1,0 +1,84 @@
+"""Paged attention on CPU in native code, reading the paged cache in place (no per-step gather
+of each sequence's context); see csrc/paged_attention_cpu.cpp. Same contract as
+attention_ref.paged_attention_ref, which stays the ground truth its tests compare against."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from kernels import native
+from kernels.attention_metadata import PagedAttentionMetadata
+
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def supports(query: torch.Tensor, kv_cache: torch.Tensor) -> bool:
+    """Whether this path can run these tensors here (else the caller keeps the torch path)."""
+    return (
+        query.device.type == "cpu"
+        and query.dtype in _DTYPE_CODES
+        and kv_cache.dtype == query.dtype
+        and query.shape[-1] % 16 == 0
+        and kv_cache.shape[2] <= 64
+        and kv_cache.is_contiguous()
+        and _library() is not None
+    )
+
+
+def paged_attention_native(
+    query: torch.Tensor, kv_cache: torch.Tensor, meta: PagedAttentionMetadata, scale: float
+) -> torch.Tensor:
+    lib = _library()
+    assert lib is not None, "call supports() first"
+    query = query.contiguous()
+    out = torch.empty_like(query)
+    _, num_heads, head_dim = query.shape
+    _, _, block_size, num_kv_heads, _ = kv_cache.shape
+    table = meta.block_table
+    status = lib.kvfleet_paged_attention(
+        _DTYPE_CODES[query.dtype],
+        query.data_ptr(),
+        kv_cache[0].data_ptr(),
+        kv_cache[1].data_ptr(),
+        out.data_ptr(),
+        _int32(meta.query_start_loc).data_ptr(),
+        _int32(meta.seq_lens).data_ptr(),
+        _int32(table).data_ptr(),
+        meta.num_seqs,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        block_size,
+        table.shape[1],
+        scale,
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise ValueError(
+            f"native paged attention refused heads={num_heads} kv_heads={num_kv_heads} "
+            f"block_size={block_size}"
+        )
+    return out
+
+
+def _int32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.int32).contiguous()
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    lib = native.load("paged_attention_cpu")
+    if lib is not None:
+        fn = lib.kvfleet_paged_attention
+        fn.restype = ctypes.c_int
+        fn.argtypes = [
+            ctypes.c_int,
+            *[ctypes.c_void_p] * 7,
+            *[ctypes.c_int64] * 6,
+            ctypes.c_float,
+            ctypes.c_int,
+        ]
+    return lib

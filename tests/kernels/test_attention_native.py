@@ -1,0 +1,102 @@
+"""The native CPU attention computes what the per-sequence reference does, and the library
+builds, caches and fails the way kernels/native.py says."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels import native, ops
+from kernels.attention_native import paged_attention_native, supports
+from kernels.attention_ref import paged_attention_ref
+from tests.kernels.test_attention_cpu import BLOCK, _batch, _metadata
+
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+def _inputs(
+    rows: list[tuple[int, int, list[int]]], kv_heads: int, heads: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    num_tokens = sum(query_len for query_len, _, _ in rows)
+    kv_cache = torch.randn(2, 200, BLOCK, kv_heads, 16, generator=generator).to(dtype)
+    query = torch.randn(num_tokens, heads, 16, generator=generator).to(dtype)
+    return query, kv_cache
+
+
+@pytest.mark.parametrize("kv_heads, heads", [(4, 4), (2, 4), (1, 4)])
+@pytest.mark.parametrize("shared_groups", [0, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_equals_reference(
+    kv_heads: int, heads: int, shared_groups: int, dtype: torch.dtype
+) -> None:
+    rows = _batch(seed=kv_heads * 10 + shared_groups, shared_groups=shared_groups)
+    meta = _metadata(rows)
+    query, kv_cache = _inputs(rows, kv_heads, heads, dtype)
+    assert supports(query, kv_cache)
+    expected = paged_attention_ref(query, kv_cache, meta, scale=0.25)
+    got = paged_attention_native(query, kv_cache, meta, scale=0.25)
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
+
+
+def test_long_prefill_chunks_over_a_cached_prefix() -> None:
+    # Chunks longer than one tile of query rows, starting inside a block, over a prefix of
+    # several blocks, beside decode rows.
+    rows = [(37, 45, list(range(0, 12))), (1, 30, list(range(20, 28))), (16, 16, [40, 41, 42, 43])]
+    meta = _metadata(rows)
+    query, kv_cache = _inputs(rows, kv_heads=2, heads=4, dtype=torch.float32)
+    expected = paged_attention_ref(query, kv_cache, meta, scale=0.25)
+    got = paged_attention_native(query, kv_cache, meta, scale=0.25)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dispatch_runs_native_on_cpu() -> None:
+    rows = _batch(seed=3, shared_groups=1)
+    meta = _metadata(rows)
+    query, kv_cache = _inputs(rows, kv_heads=2, heads=4, dtype=torch.float32)
+    expected = paged_attention_native(query, kv_cache, meta, scale=0.25)
+    assert torch.equal(ops.paged_attention(query, kv_cache, meta, 0.25), expected)
+
+
+def test_shapes_it_cannot_run_stay_on_the_torch_path() -> None:
+    kv_cache = torch.zeros(2, 4, BLOCK, 2, 16)
+    assert not supports(torch.zeros(1, 4, 12), torch.zeros(2, 4, BLOCK, 2, 12))  # head_dim
+    assert not supports(torch.zeros(1, 4, 16, dtype=torch.float16), kv_cache.half())
+    assert not supports(torch.zeros(1, 4, 16), torch.zeros(2, 4, 128, 2, 16))  # block size
+    assert not supports(torch.zeros(1, 4, 16), kv_cache.transpose(3, 4))
+
+
+def test_built_once_then_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVFLEET_CACHE_DIR", str(tmp_path))
+    first = native.load.__wrapped__("paged_attention_cpu")
+    assert first is not None
+    (built,) = (tmp_path / "native").glob("paged_attention_cpu-*.so")
+    stamp = built.stat().st_mtime_ns
+    assert native.load.__wrapped__("paged_attention_cpu") is not None
+    assert built.stat().st_mtime_ns == stamp
+
+
+def test_no_compiler_means_no_library_and_a_logged_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("KVFLEET_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")
+    with caplog.at_level(logging.WARNING, logger="kernels.native"):
+        assert native.load.__wrapped__("paged_attention_cpu") is None
+    assert "paged_attention_cpu unavailable" in caplog.text
+    assert "false failed" in caplog.text
+    assert not list((tmp_path / "native").glob("*.so"))
+
+
+def test_bf16_is_the_fp32_computation_rounded_to_nearest() -> None:
+    # Loads widen exactly and accumulation is fp32 in both, so only the output rounding differs:
+    # it must be torch's round-to-nearest-even.
+    rows = _batch(seed=5, shared_groups=2)
+    meta = _metadata(rows)
+    query, kv_cache = _inputs(rows, kv_heads=2, heads=4, dtype=torch.bfloat16)
+    wide = paged_attention_native(query.float(), kv_cache.float(), meta, scale=0.25)
+    assert torch.equal(paged_attention_native(query, kv_cache, meta, 0.25), wide.bfloat16())
