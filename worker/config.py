@@ -16,6 +16,9 @@ _PLACEMENTS = ("pack", "spread")
 class EngineConfig:
     """How one engine serves one model directory.
 
+    ``dtype`` "auto" is the checkpoint's own dtype on a GPU; on a CPU it is bfloat16 where the
+    processor computes it natively (AVX-512 BF16 or AMX) and float32 elsewhere (see
+    worker/dtype_choice.py); the engine's ``config`` holds the resolved name.
     The KV cache gets ``num_kv_blocks`` blocks if set, else as many as fit in
     ``kv_cache_bytes`` on each rank. ``max_model_len`` defaults to the model's own context; a
     text prompt longer than ``max_prompt_chars`` characters (default: 16 per token of context)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from worker.config import EngineConfig
+from worker.dtype_choice import resolve_dtype
 from worker.errors import (
     DuplicateRequestError,
     ModelLoadError,
@@ -49,6 +50,9 @@ class Engine:
     """Synchronous engine core: not thread-safe; AsyncEngine drives it from one thread."""
 
     def __init__(self, config: EngineConfig) -> None:
+        # Ranks run where the driver would put its own model: the GPU when there is one.
+        self.device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        config = replace(config, dtype=resolve_dtype(config.dtype, self.device_type))
         self.config = config
         self.model_config = ModelConfig.from_dir(config.model, config.dtype)
         self.tokenizer = Tokenizer.from_dir(config.model)
@@ -73,8 +77,7 @@ class Engine:
     def _make_executor(self, num_blocks: int) -> Executor:
         config, mc = self.config, self.model_config
         if config.world_size == 1:
-            # Like each rank of a multi-rank replica: the GPU when there is one.
-            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            device = torch.device(self.device_type)
             state = ParallelState(config.parallel, device=device)
             model = load_model(
                 config.model, mc, state, device, load_format=config.load_format, seed=config.seed

@@ -12,6 +12,8 @@ from worker.sampling_params import SamplingParams
 
 
 def make_engine(model: Path, **overrides: Any) -> Engine:
+    """float32 unless asked otherwise: "auto" would be bf16 on some machines and not others."""
+    overrides.setdefault("dtype", "float32")
     return Engine(EngineConfig(model=model, **overrides))
 
 

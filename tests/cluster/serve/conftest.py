@@ -82,7 +82,7 @@ def fleet(demo_model_dir: Path) -> Iterator[Fleet]:
     redis = RedisServer()
     redis.start()
     config = FleetConfig(
-        engine=EngineConfig(model=demo_model_dir, kv_cache_bytes=KV_CACHE_BYTES),
+        engine=EngineConfig(model=demo_model_dir, dtype="float32", kv_cache_bytes=KV_CACHE_BYTES),
         app_name=APP,
         num_replicas=NUM_REPLICAS,
         redis_url=redis.url,
