@@ -22,7 +22,7 @@ class LocalBackend(Backend):
         self, engine: AsyncEngine, model_name: str, max_queued_requests: int = 1024
     ) -> None:
         self.engine = engine
-        self.requests = engine.engine.requests
+        self.requests = engine.requests
         self.model_name = model_name
         self.max_queued_requests = max_queued_requests
 

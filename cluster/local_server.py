@@ -13,7 +13,6 @@ from cluster.local_backend import LocalBackend
 from router.front_doors import open_front_doors
 from worker.async_engine import AsyncEngine
 from worker.config import EngineConfig
-from worker.engine import Engine
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(args: argparse.Namespace, http: http_options.HTTPOptions) -> None:
     template = http.chat_template_for(args.model) if http.port else None
-    engine = AsyncEngine(Engine(EngineConfig(model=args.model)))
+    # The engine core in a process of its own: the front doors' Python work runs beside the
+    # steps instead of taking turns with them on one interpreter lock.
+    engine = await asyncio.to_thread(AsyncEngine.spawn, EngineConfig(model=args.model))
     backend = LocalBackend(engine, args.name or args.model.name, args.max_queued_requests)
     try:
         doors = await open_front_doors(

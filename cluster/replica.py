@@ -63,7 +63,12 @@ class EngineReplica:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
-        self.engine = AsyncEngine(Engine(engine_config))
+        # A single-rank engine steps in a process of its own, beside Serve's event loop; a
+        # multi-rank one drives Ray actors, so its driver stays in this Ray worker.
+        if engine_config.world_size == 1:
+            self.engine = AsyncEngine.spawn(engine_config, torch_threads)
+        else:
+            self.engine = AsyncEngine(Engine(engine_config))
         self._stats_seq = 0
         self.publisher: KVEventPublisher | None = None
         if redis_url is not None:  # Serve runs constructors on the replica's event loop
@@ -85,25 +90,18 @@ class EngineReplica:
     async def record_routing_stats(self) -> dict[str, Any]:
         """Serve polls this and hands the result to every router's RequestRouter: the load
         report, when it was taken, and a counter so a router folds each report in once."""
-        report = await self.engine.call(lambda engine: engine.load_report())
+        report = await self.engine.call(Engine.load_report)
         self._stats_seq += 1
         return {"seq": self._stats_seq, "time": time.time(), "load": dataclasses.asdict(report)}
 
     async def kv_state(self, pinned: Pinned) -> KVState:
         """Checks the block pool's invariants, then says what it holds."""
         assert pinned.replica_id == self.replica_id, "routed to the wrong replica"
-
-        def read(engine: Engine) -> KVState:
-            engine.check_integrity()
-            return KVState(
-                engine.num_blocks, engine.kv.pool.num_free, engine.scheduler.num_unfinished
-            )
-
-        return await self.engine.call(read)
+        return await self.engine.call(_checked_kv_state)
 
     def engine_config(self) -> EngineConfig:
         """What this replica serves with: a router builds its RequestBuilder from it."""
-        return self.engine.engine.config
+        return self.engine.config
 
     def check_health(self) -> None:
         """Serve calls this periodically; a replica whose engine stopped is replaced."""
@@ -111,10 +109,16 @@ class EngineReplica:
             raise RuntimeError(f"replica {self.replica_id}: the engine stopped after a failure")
 
     async def _drain_kv_events(self) -> list[KVEvent]:
-        return await self.engine.call(lambda engine: engine.drain_kv_events())
+        return await self.engine.call(Engine.drain_kv_events)
 
     def __del__(self) -> None:  # Serve's graceful shutdown hook
         self.engine.shutdown()
+
+
+def _checked_kv_state(engine: Engine) -> KVState:
+    """Run in the engine (by reference: it may be another process)."""
+    engine.check_integrity()
+    return KVState(engine.num_blocks, engine.kv.pool.num_free, engine.scheduler.num_unfinished)
 
 
 def load_report(stats: dict[str, Any]) -> LoadReport:

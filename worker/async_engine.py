@@ -6,39 +6,23 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import itertools
-import logging
-import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from worker.config import EngineConfig
 from worker.engine import Engine
-from worker.errors import DuplicateRequestError, EngineDeadError, KVFleetError
+from worker.engine_loop import Abort, Add, Call, error_output
+from worker.engine_process import ProcessRunner
+from worker.engine_thread import ThreadRunner
+from worker.errors import DuplicateRequestError, EngineDeadError
 from worker.messages import GenerationRequest, RequestOutput
-
-_log = logging.getLogger(__name__)
+from worker.model_config import ModelConfig
+from worker.request_builder import RequestBuilder
+from worker.tokenizer import Tokenizer
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class _Add:
-    request: GenerationRequest
-
-
-@dataclass(frozen=True, slots=True)
-class _Abort:
-    engine_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    fn: Callable[[Engine], Any]
-    future: concurrent.futures.Future[Any]
-
-
-_Command = _Add | _Abort | _Call
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,24 +35,66 @@ class _Stream:
 
 
 class AsyncEngine:
-    """Runs the engine's step loop on a thread of its own (torch releases the GIL in its ops, so
-    the event loop stays responsive) and routes each output to its request's stream. A stream
-    that is closed early (cancelled, or its consumer stops) aborts its request.
+    """Routes each of the engine's outputs to its request's stream. A stream that is closed
+    early (cancelled, or its consumer stops) aborts its request.
+
+    The step loop runs either on a thread of this process (``AsyncEngine(engine)``: tests, and
+    replicas whose ranks are Ray actors) or in an engine process of its own
+    (``AsyncEngine.spawn(config)``: ``kvfleet serve`` and single-rank replicas), where the
+    serving side's Python work does not hold up the steps. Either way the outputs of one step
+    reach each event loop in one hand-off.
 
     Inside the engine each call runs under an id of its own (the caller's id and a counter), so
     a caller may reuse an id as soon as its stream has closed: the old request's last outputs,
     still on their way, can never reach the new stream."""
 
     def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
+        """Run ``engine``'s step loop on a thread of this process."""
+        self._setup(engine.config, engine.requests)
+        self._runner: ThreadRunner | ProcessRunner = ThreadRunner(engine, self, self._died)
+
+    @classmethod
+    def spawn(cls, config: EngineConfig, torch_threads: int | None = None) -> AsyncEngine:
+        """Build the engine in a process of its own (raising what building it raises) and
+        serve it from this one."""
+        self = cls.__new__(cls)
+        self._setup(config, None)
+        runner = ProcessRunner(config, self, self._died, torch_threads)
+        model_config = ModelConfig.from_dir(config.model, runner.config.dtype)
+        tokenizer = Tokenizer.from_dir(config.model)
+        self._setup(runner.config, RequestBuilder(runner.config, model_config, tokenizer))
+        self._runner = runner
+        return self
+
+    def _setup(self, config: EngineConfig, requests: RequestBuilder | None) -> None:
+        self.config = config  # as the engine resolved it ("auto" dtype and all)
+        self._requests = requests
         self._streams: dict[str, _Stream] = {}  # by engine id
         self._engine_ids: dict[str, str] = {}  # caller's request id -> engine id
+        self._pending_calls: dict[int, concurrent.futures.Future[Any]] = {}
         self._lock = threading.Lock()
-        self._calls = itertools.count()
+        self._counter = itertools.count()
         self._dead: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="kvfleet-engine", daemon=True)
-        self._thread.start()
+
+    @property
+    def requests(self) -> RequestBuilder:
+        """Validates and tokenizes requests exactly as the engine would; any thread may use it."""
+        assert self._requests is not None
+        return self._requests
+
+    @property
+    def engine(self) -> Engine:
+        """The engine itself, when its loop runs on a thread of this process (tests)."""
+        if not isinstance(self._runner, ThreadRunner):
+            raise RuntimeError("the engine runs in a process of its own; use call()")
+        return self._runner.engine
+
+    @property
+    def pid(self) -> int:
+        """The engine process's id (spawned engines only)."""
+        if not isinstance(self._runner, ProcessRunner):
+            raise RuntimeError("the engine runs on a thread of this process")
+        return self._runner.pid
 
     @property
     def alive(self) -> bool:
@@ -87,14 +113,14 @@ class AsyncEngine:
         if self._dead is not None:
             raise EngineDeadError(f"engine stopped: {self._dead!r}")
         request_id = request.request_id
-        engine_id = f"{request_id}#{next(self._calls)}"
+        engine_id = f"{request_id}#{next(self._counter)}"
         stream = _Stream(request_id, asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             if request_id in self._engine_ids:
                 raise DuplicateRequestError(request_id)
             self._engine_ids[request_id] = engine_id
             self._streams[engine_id] = stream
-        self._commands.put(_Add(dataclasses.replace(request, request_id=engine_id)))
+        self._runner.submit(Add(dataclasses.replace(request, request_id=engine_id)))
         finished = False
         try:
             while not finished:
@@ -105,7 +131,7 @@ class AsyncEngine:
                 yield dataclasses.replace(output, request_id=request_id)
         finally:
             if not finished:
-                self._commands.put(_Abort(engine_id))
+                self._runner.submit(Abort(engine_id))
             with self._lock:
                 del self._streams[engine_id]
                 del self._engine_ids[request_id]
@@ -117,89 +143,75 @@ class AsyncEngine:
             engine_id = self._engine_ids.get(request_id)
         if engine_id is None:
             return False
-        self._commands.put(_Abort(engine_id))
+        self._runner.submit(Abort(engine_id))
         return True
 
     async def call(self, fn: Callable[[Engine], T]) -> T:
-        """Run ``fn(engine)`` on the engine's thread between two steps: the safe way to read
+        """Run ``fn(engine)`` where the engine runs, between two steps: the safe way to read
         engine state (a load report, KV events, integrity) while requests run. Commands run in
-        the order they were given: an abort given before a call has been applied when it runs."""
-        if self._dead is not None or not self._thread.is_alive():
+        the order they were given: an abort given before a call has been applied when it runs.
+        With an engine process ``fn`` is pickled by reference (a module-level function, or a
+        method such as ``Engine.load_report``) and so is what it returns."""
+        if self._dead is not None or not self._runner.running():
             raise EngineDeadError(f"engine stopped: {self._dead!r}")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._commands.put(_Call(fn, future))
+        call_id = next(self._counter)
+        with self._lock:
+            self._pending_calls[call_id] = future
+        self._runner.submit(Call(fn, call_id))
+        if self._dead is not None:  # died while we queued: nothing will answer
+            self._refuse_calls(f"engine stopped: {self._dead!r}")
         return await asyncio.wrap_future(future)
 
     def shutdown(self) -> None:
-        self._commands.put(None)
-        self._thread.join(timeout=30)
+        """Stop the step loop (and the engine process); every open stream fails."""
+        self._runner.shutdown()
 
-    def _run(self) -> None:
-        try:
-            while True:
-                block = not self.engine.has_unfinished()
-                while True:
-                    try:
-                        command = self._commands.get(block=block)
-                    except queue.Empty:
-                        break
-                    if command is None:
-                        self._dead = EngineDeadError("the engine was shut down")
-                        self._fail_all("engine shut down")
-                        self._refuse_calls("engine shut down")
-                        return
-                    self._apply(command)
-                    block = False
-                if self.engine.has_unfinished():
-                    self._deliver(self.engine.step())
-        except BaseException as exc:  # every stream must learn that the engine died
-            self._dead = exc
-            _log.exception("engine loop stopped; failing every in-flight request")
-            self._fail_all(f"engine stopped: {exc!r}")
-            self._refuse_calls(f"engine stopped: {exc!r}")
+    # Sink: what the runner calls, from its thread.
 
-    def _apply(self, command: _Command) -> None:
-        if isinstance(command, _Call):
-            try:
-                command.future.set_result(command.fn(self.engine))
-            except Exception as exc:  # the caller's to handle, not the step loop's
-                command.future.set_exception(exc)
-        elif isinstance(command, _Add):
-            try:
-                self.engine.add_request(command.request)
-            except KVFleetError as exc:
-                self._deliver([_error_output(command.request.request_id, str(exc))])
-        else:
-            final = self.engine.abort(command.engine_id)
-            if final is not None:
-                self._deliver([final])
-
-    def _deliver(self, outputs: list[RequestOutput]) -> None:
+    def outputs(self, outputs: list[RequestOutput]) -> None:
+        """One hand-off per event loop per step, however many streams it serves: each
+        ``call_soon_threadsafe`` wakes the loop."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[_Stream, RequestOutput]]] = {}
         with self._lock:
             for output in outputs:
                 stream = self._streams.get(output.request_id)
                 if stream is not None:
-                    stream.loop.call_soon_threadsafe(stream.queue.put_nowait, output)
+                    batches.setdefault(stream.loop, []).append((stream, output))
+        for loop, batch in batches.items():
+            loop.call_soon_threadsafe(_put_all, batch)
 
-    def _fail_all(self, message: str) -> None:
+    def result(self, call_id: int, value: Any, error: BaseException | None) -> None:
+        with self._lock:
+            future = self._pending_calls.pop(call_id, None)
+        if future is None:
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def _died(self, exc: BaseException) -> None:
+        """The step loop stopped: every stream and every call waiting ends with an error."""
+        if self._dead is None:
+            self._dead = exc
+        # The runners' own reasons ("shut down", "exited with code 9") read as they are.
+        message = str(exc) if isinstance(exc, EngineDeadError) else f"engine stopped: {exc!r}"
         with self._lock:
             targets = list(self._streams.items())
         for engine_id, stream in targets:
-            error = _error_output(engine_id, message)
+            error = error_output(engine_id, message)
             stream.loop.call_soon_threadsafe(stream.queue.put_nowait, error)
+        self._refuse_calls(message)
 
     def _refuse_calls(self, message: str) -> None:
-        """Fail the calls still queued: nothing will run them once the loop has stopped."""
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(command, _Call):
-                command.future.set_exception(EngineDeadError(message))
+        with self._lock:
+            pending = list(self._pending_calls.values())
+            self._pending_calls.clear()
+        for future in pending:
+            future.set_exception(EngineDeadError(message))
 
 
-def _error_output(request_id: str, message: str) -> RequestOutput:
-    return RequestOutput(
-        request_id, [], "", None, finished=True, finish_reason="error", error=message
-    )
+def _put_all(batch: list[tuple[_Stream, RequestOutput]]) -> None:
+    for stream, output in batch:
+        stream.queue.put_nowait(output)

@@ -1,34 +1,91 @@
-"""The asyncio API: streaming, abort, cancellation, concurrent requests."""
+"""The asyncio API: streaming, abort, cancellation, concurrent requests, failures; the same
+tests with the step loop on a thread and in an engine process of its own."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Iterator
+import functools
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.worker.engine_helpers import GREEDY_32, make_engine, run_all, tokens_of
 from worker.async_engine import AsyncEngine
-from worker.errors import DuplicateRequestError, EngineDeadError, InvalidRequestError
+from worker.config import EngineConfig
+from worker.engine import Engine
+from worker.errors import (
+    DuplicateRequestError,
+    EngineDeadError,
+    InvalidRequestError,
+    ModelLoadError,
+)
 from worker.messages import RequestOutput
 from worker.sampling_params import SamplingParams
 
 LONG = SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
 
 
+Factory = Callable[[], AsyncEngine]
+
+
+@pytest.fixture(params=["thread", "process"])
+def new_engine(request: pytest.FixtureRequest, demo_model_dir: Path) -> Iterator[Factory]:
+    """Makes AsyncEngines over the demo model, in the parametrized mode; shuts them down."""
+    made: list[AsyncEngine] = []
+
+    def make() -> AsyncEngine:
+        if request.param == "thread":
+            engine = AsyncEngine(make_engine(demo_model_dir))
+        else:
+            engine = AsyncEngine.spawn(EngineConfig(model=demo_model_dir, dtype="float32"), 1)
+        made.append(engine)
+        return engine
+
+    yield make
+    for engine in made:
+        engine.shutdown()
+
+
 @pytest.fixture
-def engine(demo_model_dir: Path) -> Iterator[AsyncEngine]:
-    engine = AsyncEngine(make_engine(demo_model_dir))
-    yield engine
-    engine.shutdown()
+def engine(new_engine: Factory) -> AsyncEngine:
+    return new_engine()
+
+
+# Run inside the engine (by reference, so that the engine process can unpickle them too).
+
+
+def _unfinished(engine: Engine) -> int:
+    return engine.scheduler.num_unfinished
+
+
+def _all_blocks_free(engine: Engine) -> bool:
+    engine.check_integrity()
+    return not engine.has_unfinished() and engine.kv.pool.num_free == engine.num_blocks
+
+
+def _break_the_forward_pass(engine: Engine) -> None:
+    engine.executor.runner.kv_caches.clear()  # type: ignore[attr-defined]
+
+
+def _wait_for_file(path: Path, engine: Engine) -> None:
+    for _ in range(1000):
+        if path.exists():
+            return
+        time.sleep(0.01)
+
+
+def _divide_by_zero(engine: Engine) -> int:
+    return 1 // 0
 
 
 def _generate(
     engine: AsyncEngine, prompt: str, params: SamplingParams, rid: str
 ) -> AsyncIterator[RequestOutput]:
-    return engine.generate(engine.engine.make_request(rid, prompt, params))
+    return engine.generate(engine.requests.build(rid, prompt, params, None))
 
 
 async def _collect(
@@ -39,16 +96,15 @@ async def _collect(
 
 async def _num_unfinished(engine: AsyncEngine) -> int:
     """Requests in the engine once every command given so far (aborts included) is applied."""
-    return await engine.call(lambda e: e.scheduler.num_unfinished)
+    return await engine.call(_unfinished)
 
 
 async def _wait_until_free(engine: AsyncEngine) -> None:
     for _ in range(200):
-        if not engine.engine.has_unfinished():
-            break
+        if await engine.call(_all_blocks_free):
+            return
         await asyncio.sleep(0.01)
-    engine.engine.check_integrity()
-    assert engine.engine.kv.pool.num_free == engine.engine.num_blocks
+    raise AssertionError("blocks still held")
 
 
 async def test_stream_equals_synchronous_engine(engine: AsyncEngine, demo_model_dir: Path) -> None:
@@ -109,16 +165,18 @@ async def test_closed_stream_aborts_request_and_frees_its_id(engine: AsyncEngine
     await _wait_until_free(engine)
 
 
-async def test_reused_id_never_receives_the_old_requests_outputs(engine: AsyncEngine) -> None:
+async def test_reused_id_never_receives_the_old_requests_outputs(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
     old = _generate(engine, "The first owner of the id", LONG, "reused")
     await anext(old)
-    gate = threading.Event()  # holds the engine thread until the new stream is registered
-    held = asyncio.ensure_future(engine.call(lambda e: gate.wait(10)))
+    gate = tmp_path / "gate"  # holds the step loop until the new stream is registered
+    held = asyncio.ensure_future(engine.call(functools.partial(_wait_for_file, gate)))
     await old.aclose()  # queues the old request's abort behind the gate
     new = asyncio.create_task(_collect(engine, "The second owner", GREEDY_32, "reused"))
     while not new.done() and engine.num_running == 0:
         await asyncio.sleep(0)
-    gate.set()  # the old abort's final output is produced now, while the new stream is open
+    gate.touch()  # the old abort's final output is produced now, while the new stream is open
     await held
     outputs = await new
     assert outputs[-1].finish_reason == "length"
@@ -137,52 +195,44 @@ async def test_bad_and_duplicate_requests_raise_before_queueing(engine: AsyncEng
     await _wait_until_free(engine)
 
 
-async def test_engine_failure_fails_every_stream_with_a_clear_error(demo_model_dir: Path) -> None:
-    engine = AsyncEngine(make_engine(demo_model_dir))
-    try:
-        assert engine.alive
-        stream = _generate(engine, "doomed", LONG, "d")
-        await anext(stream)
-        # A fault inside the step loop: the forward pass now fails.
-        engine.engine.executor.runner.kv_caches.clear()  # type: ignore[attr-defined]
-        with pytest.raises(EngineDeadError, match="engine stopped"):
-            async for _ in stream:
-                pass
-        with pytest.raises(EngineDeadError):
-            await anext(_generate(engine, "after", GREEDY_32, "after"))
-        with pytest.raises(EngineDeadError):
-            await engine.call(lambda e: e.load_report())
-        assert not engine.alive
-    finally:
-        engine.shutdown()
+async def test_engine_failure_fails_every_stream_with_a_clear_error(engine: AsyncEngine) -> None:
+    assert engine.alive
+    stream = _generate(engine, "doomed", LONG, "d")
+    await anext(stream)
+    await engine.call(_break_the_forward_pass)  # a fault inside the step loop
+    with pytest.raises(EngineDeadError, match="engine stopped"):
+        async for _ in stream:
+            pass
+    with pytest.raises(EngineDeadError):
+        await anext(_generate(engine, "after", GREEDY_32, "after"))
+    with pytest.raises(EngineDeadError):
+        await engine.call(Engine.load_report)
+    assert not engine.alive
 
 
 async def test_call_runs_between_steps_and_returns_or_raises(engine: AsyncEngine) -> None:
     stream = _generate(engine, "reading state while it runs", LONG, "busy")
     await anext(stream)
-    report = await engine.call(lambda e: e.load_report())
+    report = await engine.call(Engine.load_report)
     assert report.num_running + report.num_waiting == 1
     with pytest.raises(ZeroDivisionError):  # the caller's error, not the loop's
-        await engine.call(lambda e: 1 // 0)
+        await engine.call(_divide_by_zero)
     assert engine.alive
     engine.abort("busy")
     async for _ in stream:
         pass
     await _wait_until_free(engine)
-    await engine.call(lambda e: e.check_integrity())
 
 
-async def test_call_after_shutdown_is_refused(demo_model_dir: Path) -> None:
-    engine = AsyncEngine(make_engine(demo_model_dir))
+async def test_call_after_shutdown_is_refused(engine: AsyncEngine) -> None:
     engine.shutdown()
     with pytest.raises(EngineDeadError):
-        await engine.call(lambda e: e.load_report())
+        await engine.call(Engine.load_report)
 
 
-async def test_shutdown_ends_open_streams_and_refuses_new_ones(demo_model_dir: Path) -> None:
+async def test_shutdown_ends_open_streams_and_refuses_new_ones(engine: AsyncEngine) -> None:
     # A stream left open at shutdown would wait forever, and a request sent after it would
     # queue on a loop that no longer runs: both must fail, and the engine say it is not alive.
-    engine = AsyncEngine(make_engine(demo_model_dir))
     stream = _generate(engine, "Running at shutdown", LONG, "open")
     await anext(stream)
     await asyncio.to_thread(engine.shutdown)
@@ -192,3 +242,46 @@ async def test_shutdown_ends_open_streams_and_refuses_new_ones(demo_model_dir: P
             pass
     with pytest.raises(EngineDeadError):
         await _collect(engine, "After shutdown", LONG, "late")
+
+
+# The engine process alone.
+
+
+def _spawn(model: Path, dtype: str = "auto") -> AsyncEngine:
+    return AsyncEngine.spawn(EngineConfig(model=model, dtype=dtype), torch_threads=1)
+
+
+async def test_killed_engine_process_fails_every_stream(demo_model_dir: Path) -> None:
+    engine = _spawn(demo_model_dir, dtype="float32")
+    try:
+        stream = _generate(engine, "killed mid-stream", LONG, "k")
+        await anext(stream)
+        os.kill(engine.pid, signal.SIGKILL)
+        with pytest.raises(EngineDeadError, match="exited with code -9"):
+            async for _ in stream:
+                pass
+        assert not engine.alive
+        with pytest.raises(EngineDeadError):
+            await engine.call(Engine.load_report)
+    finally:
+        engine.shutdown()
+
+
+def test_a_model_that_cannot_load_raises_what_the_engine_raises(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="cannot read JSON") as in_process:
+        make_engine(tmp_path)
+    with pytest.raises(ModelLoadError) as spawned:
+        _spawn(tmp_path)
+    assert str(spawned.value) == str(in_process.value)
+
+
+async def test_spawned_engine_resolves_its_config_and_stops_with_its_server(
+    demo_model_dir: Path,
+) -> None:
+    engine = _spawn(demo_model_dir)
+    assert engine.config.dtype in ("float32", "bfloat16")  # "auto" as the engine resolved it
+    assert engine.requests.max_model_len == make_engine(demo_model_dir).max_model_len
+    engine.shutdown()
+    with pytest.raises(ProcessLookupError):
+        os.kill(engine.pid, 0)
