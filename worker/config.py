@@ -29,7 +29,12 @@ class EngineConfig:
     captures CUDA graphs of decode steps of up to ``cuda_graph_max_batch`` sequences at start-up
     (worker/cuda_graphs.py) unless ``enforce_eager``. ``load_format`` "dummy" builds the
     model from config.json alone with random weights (seeded by ``seed``), for benchmarks
-    without a checkpoint.
+    without a checkpoint. ``async_scheduling`` (single-rank replicas) runs each step on a
+    thread of its own while the engine schedules the next and processes the previous one's
+    outputs (worker/executor/local.py, OverlappingExecutor); by default on a GPU, whose
+    kernels run while Python prepares the next step, and not on a CPU, where the forward pass
+    is the Python thread's own work and the overlap measured 0.86x the throughput (64 prompts,
+    tiny demo model, one torch thread).
     """
 
     model: Path
@@ -54,6 +59,7 @@ class EngineConfig:
     step_timeout_s: float = 60.0
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 128
+    async_scheduling: bool | None = None
 
     @property
     def parallel(self) -> ParallelConfig:

@@ -15,7 +15,7 @@ from worker.errors import (
     ModelLoadError,
     WorkerFailedError,
 )
-from worker.executor import Executor, LocalExecutor
+from worker.executor import Executor, LocalExecutor, OverlappingExecutor
 from worker.kv_cache_manager import KVCacheManager
 from worker.kv_events import KVEvent
 from worker.load_report import LoadReport, PrefillRateMeter
@@ -66,13 +66,20 @@ class Engine:
         self.executor = self._make_executor(num_blocks)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
-            SchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs), self.kv
+            SchedulerConfig(
+                config.max_num_batched_tokens,
+                config.max_num_seqs,
+                run_ahead=self.executor.runs_ahead,
+                max_model_len=self.max_model_len,
+            ),
+            self.kv,
         )
         self.times = StepTimes()
         self._states: dict[str, OutputState] = {}
         self._eos_ids = frozenset(self.model_config.eos_token_ids)
         self._in_flight: deque[tuple[SchedulerOutput, float]] = deque()  # (batch, submitted)
         self.prefill_rate = PrefillRateMeter()
+        self._last_result = 0.0  # when the previous step's tokens came back
 
     def _make_executor(self, num_blocks: int) -> Executor:
         config, mc = self.config, self.model_config
@@ -86,7 +93,10 @@ class Engine:
             if device.type == "cuda" and not config.enforce_eager:
                 max_batch = min(config.cuda_graph_max_batch, config.max_num_seqs)
                 runner.capture_decode_graphs(self.max_model_len, max_batch)
-            return LocalExecutor(runner)
+            overlap = config.async_scheduling
+            if overlap is None:
+                overlap = device.type == "cuda"
+            return OverlappingExecutor(runner) if overlap else LocalExecutor(runner)
         import ray  # only multi-rank replicas need Ray
 
         from worker.executor.ray_executor import RayExecutor
@@ -172,9 +182,11 @@ class Engine:
             raise
         t3 = time.perf_counter()
         batch, submitted = self._in_flight.popleft()
-        # Submission to result: with pipeline parallelism batches overlap, so this undercounts
-        # the throughput by up to the number of stages.
-        self.prefill_rate.observe(batch.num_prefill_tokens, t3 - submitted)
+        # Steps run in order, so none starts before the previous one's result: from the later
+        # of its submission and that result. With pipeline parallelism stages overlap, so this
+        # still undercounts the throughput by up to the number of stages.
+        self.prefill_rate.observe(batch.num_prefill_tokens, t3 - max(submitted, self._last_result))
+        self._last_result = t3
         outputs = self._process(batch, sampled)
         times.execute += t3 - t2
         times.output += time.perf_counter() - t3
@@ -182,9 +194,10 @@ class Engine:
         return outputs
 
     def _batch_seq_cap(self) -> int | None:
-        """With several batches in flight, split the requests among them so that no stage idles."""
+        """With several pipeline stages in flight, split the requests among them so that no
+        stage idles (a scheduler running ahead puts the same requests in each step instead)."""
         slots = self.executor.max_in_flight
-        if slots == 1:
+        if slots == 1 or self.executor.runs_ahead:
             return None
         return max(1, -(-self.scheduler.num_unfinished // slots))
 
@@ -199,6 +212,8 @@ class Engine:
             if not item.is_current:  # aborted or preempted while its batch was in flight
                 continue
             request = item.request
+            if self.scheduler.config.run_ahead:
+                request.num_pending_samples -= 1
             request.append_output_token(token.token_id)
             if request.first_token_time is None:
                 request.first_token_time = now

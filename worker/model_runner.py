@@ -47,6 +47,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self._pending_send: dist.Work | None = None
         self.graphs: DecodeGraphs | None = None
+        self._last_sampled: dict[str, int] = {}  # request id -> token, of the previous step
 
     def capture_decode_graphs(self, max_model_len: int, max_batch: int) -> None:
         """Record CUDA graphs of decode steps (see worker/cuda_graphs.py); later decode steps of
@@ -62,6 +63,17 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> list[SampledToken] | None:
+        for row, request_id in step.pending_inputs:
+            step.input_ids[row] = self._last_sampled[request_id]
+        sampled = self._execute(step)
+        if sampled is not None:
+            self._last_sampled = {
+                row.request_id: token.token_id
+                for row, token in zip(step.sampling, sampled, strict=True)
+            }
+        return sampled
+
+    def _execute(self, step: StepInput) -> list[SampledToken] | None:
         device = self.parallel.device
         graphs = self.graphs
         bucket = graphs.bucket_for(step) if graphs is not None else None

@@ -12,8 +12,14 @@ from worker.request import Request, RequestStatus
 
 @dataclass(frozen=True, slots=True)
 class SchedulerConfig:
+    """``run_ahead``: schedule a request's next position while the step that samples its
+    current one is still in flight (the executor overlaps steps and fills the input in); never
+    past what the pending sample may end (``max_tokens``, ``max_model_len``)."""
+
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 128
+    run_ahead: bool = False
+    max_model_len: int | None = None
 
 
 @dataclass(slots=True)
@@ -95,7 +101,7 @@ class Scheduler:
         index = 0
         while index < len(self.running) and budget > 0 and len(out.scheduled) < seq_cap:
             request = self.running[index]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = min(self._num_known(request) - request.num_computed_tokens, budget)
             if num_new == 0:
                 index += 1
                 continue
@@ -138,17 +144,32 @@ class Scheduler:
         request.status = status
         self.kv.free(request)
 
+    def _num_known(self, request: Request) -> int:
+        """Tokens whose position may be computed now: those appended, and with ``run_ahead``
+        the one a step in flight samples, unless that sample may end the request."""
+        pending = request.num_pending_samples
+        if not pending:
+            return request.num_tokens
+        max_len = self.config.max_model_len
+        ends = request.num_output_tokens + pending >= request.params.max_tokens or (
+            max_len is not None and request.num_tokens + pending >= max_len
+        )
+        return request.num_tokens + (0 if ends else pending)
+
     def _take(self, request: Request, num_new: int) -> ScheduledRequest:
         start = request.num_computed_tokens
         # Advance now, so a chunk is never scheduled twice even before its step completes.
         request.num_computed_tokens += num_new
-        samples = request.num_computed_tokens == request.num_tokens
+        samples = request.num_computed_tokens == request.num_tokens + request.num_pending_samples
+        if samples and self.config.run_ahead:
+            request.num_pending_samples += 1
         return ScheduledRequest(request, start, num_new, samples, request.num_preemptions)
 
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
+        request.num_pending_samples = 0  # their steps' results are stale now
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)

@@ -32,6 +32,9 @@ class StepInput:
     block_table: list[list[int]]  # padded to one width with block 0
     logits_rows: list[int]
     sampling: list[SamplingRow]
+    # Rows whose input is the token the previous step sampled for this request, not known
+    # when the step was built (a scheduler running ahead); the runner fills them in.
+    pending_inputs: list[tuple[int, str]]
 
 
 def build_step_input(
@@ -48,11 +51,15 @@ def build_step_input(
     tables: list[list[int]] = []
     logits_rows: list[int] = []
     sampling: list[SamplingRow] = []
+    pending: list[tuple[int, str]] = []
     for item in batch.scheduled:
         request = item.request
         start, end = item.start, item.start + item.num_new_tokens
         block_ids = block_ids_of(request.request_id)
         input_ids += request.all_token_ids[start:end]
+        if end > request.num_tokens:  # only ever the last one: a sample still in flight
+            pending.append((len(input_ids), request.request_id))
+            input_ids.append(-1)
         positions += range(start, end)
         if end - start == 1:
             slots.append(block_ids[start // bs] * bs + start % bs)
@@ -75,4 +82,5 @@ def build_step_input(
         block_table=[t + [0] * (width - len(t)) for t in tables],
         logits_rows=logits_rows,
         sampling=sampling,
+        pending_inputs=pending,
     )

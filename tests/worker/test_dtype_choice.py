@@ -12,7 +12,7 @@ from tests.worker.engine_helpers import make_engine, run_all
 from tests.worker.test_engine_parity import PROMPT, _hf_greedy
 from worker import dtype_choice
 from worker.dtype_choice import cpu_has_native_bf16, resolve_dtype
-from worker.executor import LocalExecutor
+from worker.executor import LocalExecutor, OverlappingExecutor
 from worker.sampling_params import SamplingParams
 
 
@@ -38,7 +38,7 @@ def test_engine_resolves_auto_and_builds_its_cache_in_that_dtype(demo_model_dir:
     engine = make_engine(demo_model_dir, dtype="auto")
     expected = "bfloat16" if cpu_has_native_bf16() else "float32"
     assert engine.config.dtype == expected
-    assert isinstance(engine.executor, LocalExecutor)
+    assert isinstance(engine.executor, LocalExecutor | OverlappingExecutor)
     assert engine.executor.runner.kv_caches[0].dtype == getattr(torch, expected)
 
 

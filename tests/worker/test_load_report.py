@@ -30,7 +30,8 @@ def test_an_engine_reports_the_prefill_rate_it_measured(demo_model_dir: Path) ->
 def test_a_prompt_mid_prefill_still_counts_as_prefill_work(demo_model_dir: Path) -> None:
     # A chunked prompt is running after its first chunk, but most of its prefill is still
     # ahead of the next arrival: a router that saw 0 here would pile requests onto it.
-    engine = make_engine(demo_model_dir, max_num_batched_tokens=64)
+    # One chunk per step: without running ahead, which schedules the next chunk at once.
+    engine = make_engine(demo_model_dir, max_num_batched_tokens=64, async_scheduling=False)
     prompt = list(range(10, 300))
     engine.add_request(engine.make_request("long", prompt, GREEDY_32))
     assert engine.load_report().prefill_tokens == len(prompt)

@@ -76,7 +76,9 @@ def generate(engine: Engine, requests: Workload) -> dict[str, list[int]]:
 
 
 def pipelined(model: Path, depth: int, num_blocks: int, budget: int) -> Engine:
-    engine = make_engine(model, num_kv_blocks=num_blocks, max_num_batched_tokens=budget)
+    engine = make_engine(
+        model, num_kv_blocks=num_blocks, max_num_batched_tokens=budget, async_scheduling=False
+    )
     assert isinstance(engine.executor, LocalExecutor)
     engine.executor = DeferredExecutor(engine.executor, depth)
     return engine

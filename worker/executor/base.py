@@ -10,10 +10,12 @@ from worker.step_input import StepInput
 
 class Executor(ABC):
     """Runs steps on the replica's ranks. Steps are submitted and their sampled tokens received
-    in the same order; with pipeline parallelism up to ``max_in_flight`` steps overlap, each in
-    a different stage."""
+    in the same order; up to ``max_in_flight`` steps overlap: with pipeline parallelism each in
+    a different stage (and each with requests of its own), or, when ``runs_ahead``, the next
+    step is prepared while the current one runs, with the same requests one position on."""
 
     max_in_flight: int = 1
+    runs_ahead: bool = False
 
     @abstractmethod
     def submit(self, step: StepInput) -> None: ...

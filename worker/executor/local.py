@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+import weakref
 from collections import deque
 
 from worker.executor.base import Executor
@@ -27,3 +30,67 @@ class LocalExecutor(Executor):
 
     def shutdown(self) -> None:
         self._done.clear()
+
+
+class OverlappingExecutor(Executor):
+    """Runs steps, in submission order, on a thread of its own, so that the engine schedules
+    and prepares step N+1 and processes step N-1's outputs while step N runs (torch releases
+    the GIL in its kernels). Two steps are in flight: the second is scheduled before the
+    first's tokens are known, and its inputs that wait on them are filled in by the runner
+    (StepInput.pending_inputs), which has them by then because it runs the steps in order.
+
+        engine:    schedule N+1 | process N-1 | schedule N+2 | process N | ...
+        executor:  ......... step N ......... | ......... step N+1 .......
+    """
+
+    max_in_flight = 2
+    runs_ahead = True
+
+    def __init__(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        self._steps: queue.SimpleQueue[StepInput | None] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[list[SampledToken] | BaseException] = queue.SimpleQueue()
+        # The thread holds the runner only weakly, so an engine that is dropped without a
+        # shutdown is still collected (and __del__ stops the thread).
+        self._thread = threading.Thread(
+            target=_run_steps,
+            args=(weakref.ref(runner), self._steps, self._results),
+            name="kvfleet-step",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def submit(self, step: StepInput) -> None:
+        self._steps.put(step)
+
+    def receive(self) -> list[SampledToken]:
+        """The oldest step's tokens; re-raises what running it raised."""
+        result = self._results.get()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def shutdown(self) -> None:
+        self._steps.put(None)
+        self._thread.join(timeout=30)
+
+    def __del__(self) -> None:
+        self._steps.put(None)
+
+
+def _run_steps(
+    runner_ref: weakref.ref[ModelRunner],
+    steps: queue.SimpleQueue[StepInput | None],
+    results: queue.SimpleQueue[list[SampledToken] | BaseException],
+) -> None:
+    while (step := steps.get()) is not None:
+        runner = runner_ref()
+        if runner is None:
+            return
+        try:
+            sampled = runner.execute(step)
+            assert sampled is not None, "a single rank always samples"
+            results.put(sampled)
+        except BaseException as exc:  # the engine's to raise, from receive()
+            results.put(exc)
+        del runner

@@ -1,0 +1,143 @@
+"""A scheduler that runs ahead (the next step prepared while the current one runs, its inputs
+that wait on the current one's tokens filled in by the runner) gives exactly the tokens of one
+that does not, through preemption, seeded sampling, stops and aborts, and leaks no block.
+
+Built the way the pipeline's stale-sample test is: an executor that runs each step only when its
+result is received, so the second step in flight is always scheduled before the first's tokens
+are known, deterministically and without a thread; then once through the real thread."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.worker.engine_helpers import make_engine
+from tests.worker.test_pipelined_preemption import STALE_ORDERINGS, generate, workload
+from worker.engine import Engine
+from worker.executor import Executor, LocalExecutor, OverlappingExecutor
+from worker.sampler import SampledToken
+from worker.sampling_params import SamplingParams
+from worker.step_input import StepInput
+
+
+class DeferredRunAhead(Executor):
+    """Two steps in flight, the second scheduled before the first runs."""
+
+    max_in_flight = 2
+    runs_ahead = True
+
+    def __init__(self, local: LocalExecutor) -> None:
+        self.local = local
+        self._submitted: deque[StepInput] = deque()
+        self.inputs_filled_in = 0  # rows whose token was still being sampled when scheduled
+
+    def submit(self, step: StepInput) -> None:
+        self.inputs_filled_in += len(step.pending_inputs)
+        self._submitted.append(step)
+
+    def receive(self) -> list[SampledToken]:
+        self.local.submit(self._submitted.popleft())
+        return self.local.receive()
+
+    def shutdown(self) -> None:
+        self.local.shutdown()
+
+
+def ran_ahead(engine: Engine) -> int:
+    assert isinstance(engine.executor, DeferredRunAhead)
+    return engine.executor.inputs_filled_in
+
+
+def run_ahead(model: Path, **overrides: object) -> Engine:
+    engine = make_engine(model, async_scheduling=True, **overrides)
+    assert isinstance(engine.executor, OverlappingExecutor)
+    runner = engine.executor.runner
+    engine.executor.shutdown()
+    engine.executor = DeferredRunAhead(LocalExecutor(runner))
+    return engine
+
+
+def plain(model: Path, **overrides: object) -> Engine:
+    return make_engine(model, async_scheduling=False, **overrides)
+
+
+@pytest.mark.parametrize("seed, num_blocks, budget", [(s, b, t) for s, _, b, t in STALE_ORDERINGS])
+def test_same_tokens_through_preemption(
+    demo_model_dir: Path, seed: int, num_blocks: int, budget: int
+) -> None:
+    requests = workload(seed)
+    expected = generate(plain(demo_model_dir), requests)
+    engine = run_ahead(demo_model_dir, num_kv_blocks=num_blocks, max_num_batched_tokens=budget)
+    assert generate(engine, requests) == expected
+    assert engine.scheduler.num_preemptions > 0
+    assert ran_ahead(engine) > 0
+
+
+def test_seeded_sampling_is_unchanged(demo_model_dir: Path) -> None:
+    requests = workload(129, temperature=0.8)
+    expected = generate(plain(demo_model_dir), requests)
+    engine = run_ahead(demo_model_dir, num_kv_blocks=10, max_num_batched_tokens=16)
+    assert generate(engine, requests) == expected
+
+
+def test_a_stop_never_lets_the_token_sampled_ahead_out(demo_model_dir: Path) -> None:
+    # Each request stops on a token it produces mid-way: the step already scheduled past it
+    # samples one more token, which must be dropped.
+    requests = workload(7)
+    free_run = generate(plain(demo_model_dir), requests)
+    stopping = {
+        rid: (
+            prompt,
+            SamplingParams(params.max_tokens, 0.0, stop_token_ids=[free_run[rid][2]]),
+        )
+        for rid, (prompt, params) in requests.items()
+    }
+    expected = generate(plain(demo_model_dir), stopping)
+    assert all(len(tokens) <= 3 for tokens in expected.values())
+    assert generate(run_ahead(demo_model_dir), stopping) == expected
+
+
+def test_nothing_is_scheduled_past_a_length_limit(demo_model_dir: Path) -> None:
+    # The step that samples a request's last token is the last to hold it: running ahead of it
+    # would compute a position no one reads.
+    requests = {"short": (list(range(10, 30)), SamplingParams(5, 0.0, ignore_eos=True))}
+    reference = plain(demo_model_dir)
+    generate(reference, requests)
+    engine = run_ahead(demo_model_dir)
+    generate(engine, requests)
+    assert engine.times.steps == reference.times.steps
+    assert ran_ahead(engine) == 4  # every decode but the first was scheduled ahead
+
+
+def test_abort_with_a_step_in_flight_frees_every_block(demo_model_dir: Path) -> None:
+    engine = run_ahead(demo_model_dir)
+    params = SamplingParams(max_tokens=50, ignore_eos=True)
+    for rid in ("a", "b"):
+        engine.add_request(engine.make_request(rid, list(range(10, 40)), params))
+    engine.step()
+    engine.step()
+    assert engine.abort("a") is not None  # a step holding "a" is still in flight
+    while engine.has_unfinished():
+        for output in engine.step():
+            assert output.request_id == "b"
+        engine.check_integrity()
+    assert engine.kv.pool.num_free == engine.num_blocks
+
+
+def test_the_step_thread_gives_the_same_tokens(demo_model_dir: Path) -> None:
+    requests = workload(163)
+    expected = generate(plain(demo_model_dir), requests)
+    engine = make_engine(demo_model_dir, async_scheduling=True)
+    assert isinstance(engine.executor, OverlappingExecutor)
+    assert generate(engine, requests) == expected
+    engine.shutdown()
+
+
+def test_by_default_only_a_gpu_runs_ahead(demo_model_dir: Path) -> None:
+    # On a CPU the forward pass is the Python thread's own work: nothing to overlap with.
+    engine = make_engine(demo_model_dir)
+    expected = OverlappingExecutor if torch.cuda.is_available() else LocalExecutor
+    assert type(engine.executor) is expected
