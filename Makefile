@@ -7,7 +7,7 @@ DEMO_MODEL := .kvfleet/demo-tiny
 PROMPT ?= The scheduler gives each running request one token per step, then
 MAX_TOKENS ?= 48
 
-.PHONY: demo test quick lint unit venv system-packages
+.PHONY: demo test quick lint unit venv system-packages gpu-check
 
 venv: $(STAMP)
 
@@ -57,3 +57,10 @@ test: lint unit
 # multi-process torch.distributed). `make test`, which CI runs, runs those too.
 quick: lint system-packages
 	$(PY) -m pytest -q -m "not slow"
+
+# Everything only a GPU shows (bench/gpu_check.py): Triton kernel and CUDA-graph tests, kernel and
+# decode benchmarks. For a lent GPU machine: its own Python (torch, Triton, pytest), no venv, no
+# Ray, no network. One JSON line of figures; logs in $OUT or gpu-check-logs/.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu_check

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from cluster.demo_model import write_demo_model
-from cluster.redis_server import RedisServer
+
+if TYPE_CHECKING:  # imported where used: the GPU check runs the suite's GPU tests without redis
+    from cluster.redis_server import RedisServer
 
 # Two cores: more threads than that only adds contention between test processes.
 torch.set_num_threads(2)
@@ -26,5 +29,7 @@ def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """One redis-server for the session; a test that restarts Redis starts its own."""
+    from cluster.redis_server import RedisServer
+
     with RedisServer() as server:
         yield server
