@@ -92,7 +92,8 @@ def run_step(step: Step, logs: Path) -> tuple[object, bool]:
         )
         output, code = done.stdout + done.stderr, done.returncode
     except subprocess.TimeoutExpired as exc:
-        output = f"{exc.stdout or ''}{exc.stderr or ''}\ntimed out after {step.timeout_s} s"
+        parts = [p.decode() if isinstance(p, bytes) else p for p in (exc.stdout, exc.stderr) if p]
+        output = "".join(parts) + f"\ntimed out after {step.timeout_s} s"
         code = -1
     elapsed = time.perf_counter() - start
     (logs / f"{step.name}.log").write_text(output)
