@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm computed in float32, scaled in the input dtype (as Hugging Face Llama does)."""
-    x32 = x.to(torch.float32)
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
+    normed = F.rms_norm(x.to(torch.float32), (x.shape[-1],), eps=eps)
+    return weight * normed.to(x.dtype)
 
 
 def fused_add_rms_norm_ref(

@@ -12,10 +12,12 @@ def rotary_embedding_ref(
     [max_positions, D] float32 holding cos in its first half and sin in its second."""
     cos, sin = cos_sin_cache[positions].chunk(2, dim=-1)
     cos, sin = cos[:, None, :], sin[:, None, :]
-    return _rotate(query, cos, sin), _rotate(key, cos, sin)
+    # q and k in one pass: the same operations on each element, half the calls.
+    num_heads = query.shape[1]
+    rotated = _rotate(torch.cat((query, key), dim=1), cos, sin)
+    return rotated[:, :num_heads].to(query.dtype), rotated[:, num_heads:].to(key.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.to(torch.float32).chunk(2, dim=-1)
-    rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return rotated.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
