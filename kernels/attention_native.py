@@ -37,16 +37,22 @@ def paged_attention_native(
     out = torch.empty_like(query)
     _, num_heads, head_dim = query.shape
     _, _, block_size, num_kv_heads, _ = kv_cache.shape
-    table = meta.block_table
+    # Held in locals for the whole call: a converted temporary would be freed before the
+    # kernel reads it.
+    starts, seq_lens, table = (
+        _int32(meta.query_start_loc),
+        _int32(meta.seq_lens),
+        _int32(meta.block_table),
+    )
     status = lib.kvfleet_paged_attention(
         _DTYPE_CODES[query.dtype],
         query.data_ptr(),
         kv_cache[0].data_ptr(),
         kv_cache[1].data_ptr(),
         out.data_ptr(),
-        _int32(meta.query_start_loc).data_ptr(),
-        _int32(meta.seq_lens).data_ptr(),
-        _int32(table).data_ptr(),
+        starts.data_ptr(),
+        seq_lens.data_ptr(),
+        table.data_ptr(),
         meta.num_seqs,
         num_heads,
         num_kv_heads,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import threading
@@ -60,10 +61,16 @@ class AsyncEngine:
         self = cls.__new__(cls)
         self._setup(config, None)
         runner = ProcessRunner(config, self, self._died, torch_threads)
-        model_config = ModelConfig.from_dir(config.model, runner.config.dtype)
-        tokenizer = Tokenizer.from_dir(config.model)
-        self._setup(runner.config, RequestBuilder(runner.config, model_config, tokenizer))
         self._runner = runner
+        try:
+            model_config = ModelConfig.from_dir(config.model, runner.config.dtype)
+            tokenizer = Tokenizer.from_dir(config.model)
+        except BaseException:
+            runner.shutdown()  # or the engine process would outlive us, holding its memory
+            raise
+        # Only these two: the engine may already have reported a death, which must stand.
+        self.config = runner.config
+        self._requests = RequestBuilder(runner.config, model_config, tokenizer)
         return self
 
     def _setup(self, config: EngineConfig, requests: RequestBuilder | None) -> None:
@@ -116,6 +123,8 @@ class AsyncEngine:
         engine_id = f"{request_id}#{next(self._counter)}"
         stream = _Stream(request_id, asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
+            if self._dead is not None:  # under the lock: _died fails exactly what it saw here
+                raise EngineDeadError(f"engine stopped: {self._dead!r}")
             if request_id in self._engine_ids:
                 raise DuplicateRequestError(request_id)
             self._engine_ids[request_id] = engine_id
@@ -179,7 +188,7 @@ class AsyncEngine:
                 if stream is not None:
                     batches.setdefault(stream.loop, []).append((stream, output))
         for loop, batch in batches.items():
-            loop.call_soon_threadsafe(_put_all, batch)
+            _hand_to(loop, _put_all, batch)
 
     def result(self, call_id: int, value: Any, error: BaseException | None) -> None:
         with self._lock:
@@ -193,15 +202,14 @@ class AsyncEngine:
 
     def _died(self, exc: BaseException) -> None:
         """The step loop stopped: every stream and every call waiting ends with an error."""
-        if self._dead is None:
-            self._dead = exc
+        with self._lock:
+            if self._dead is None:
+                self._dead = exc
+            targets = list(self._streams.items())
         # The runners' own reasons ("shut down", "exited with code 9") read as they are.
         message = str(exc) if isinstance(exc, EngineDeadError) else f"engine stopped: {exc!r}"
-        with self._lock:
-            targets = list(self._streams.items())
         for engine_id, stream in targets:
-            error = error_output(engine_id, message)
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, error)
+            _hand_to(stream.loop, stream.queue.put_nowait, error_output(engine_id, message))
         self._refuse_calls(message)
 
     def _refuse_calls(self, message: str) -> None:
@@ -210,6 +218,12 @@ class AsyncEngine:
             self._pending_calls.clear()
         for future in pending:
             future.set_exception(EngineDeadError(message))
+
+
+def _hand_to(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """Run ``fn(*args)`` on ``loop``; a loop already closed has no one left to tell."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def _put_all(batch: list[tuple[_Stream, RequestOutput]]) -> None:

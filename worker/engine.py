@@ -96,7 +96,9 @@ class Engine:
             overlap = config.async_scheduling
             if overlap is None:
                 overlap = device.type == "cuda"
-            return OverlappingExecutor(runner) if overlap else LocalExecutor(runner)
+            if overlap:
+                return OverlappingExecutor(runner, config.step_timeout_s)
+            return LocalExecutor(runner)
         import ray  # only multi-rank replicas need Ray
 
         from worker.executor.ray_executor import RayExecutor

@@ -18,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
+import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -52,7 +55,6 @@ class ProcessRunner:
     ) -> None:
         self._sink = sink
         self._died = died
-        self._send_lock = threading.Lock()
         self._stopping = False
         ours, theirs = socket.socketpair()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
@@ -74,7 +76,12 @@ class ProcessRunner:
             self._process.wait()
             raise payload
         self.config: EngineConfig = payload
-        self._reader = threading.Thread(target=self._read, name="kvfleet-engine-io", daemon=True)
+        # Commands go out through a queue and a thread of their own: a send blocks while the
+        # socket is full (the engine reads between steps), and the caller is an event loop.
+        self._outbox: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send, name="kvfleet-engine-tx", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="kvfleet-engine-rx", daemon=True)
+        self._sender.start()
         self._reader.start()
 
     @property
@@ -82,12 +89,8 @@ class ProcessRunner:
         return self._process.pid
 
     def submit(self, command: Command | None) -> None:
-        """Queue a command; None stops the loop."""
-        try:
-            with self._send_lock:
-                self._conn.send(command)
-        except OSError:
-            pass  # the reader reports the death; the command's stream is failed with the rest
+        """Queue a command; None stops the loop. Never blocks."""
+        self._outbox.put(command)
 
     def running(self) -> bool:
         return self._reader.is_alive()
@@ -101,6 +104,16 @@ class ProcessRunner:
             self._process.kill()
             self._process.wait()
         self._reader.join(timeout=SHUTDOWN_TIMEOUT_S)
+
+    def _send(self) -> None:
+        while True:
+            command = self._outbox.get()
+            try:
+                self._conn.send(command)
+            except OSError:
+                return  # the engine is gone: the reader reports it, and fails every stream
+            if command is None:
+                return
 
     def _read(self) -> None:
         try:
@@ -120,6 +133,10 @@ class ProcessRunner:
                 code = self._process.wait()
                 _log.error("the engine process exited with code %s", code)
                 self._died(EngineDeadError(f"the engine process exited with code {code}"))
+        except BaseException as exc:  # a message that cannot be read: no stream can be trusted
+            _log.exception("lost the engine process's messages; stopping it")
+            self._process.kill()
+            self._died(EngineDeadError(f"lost the engine process's messages: {exc!r}"))
         finally:
             self._conn.close()
 
@@ -146,16 +163,25 @@ class _Channel:
         self.conn.send(("outputs", outputs))
 
     def result(self, call_id: int, value: Any, error: BaseException | None) -> None:
+        """Sent only once it is known to unpickle on the other side (an exception class with
+        required arguments does not): else the caller gets a RuntimeError saying so."""
+        message = ("result", call_id, value, error)
         try:
-            self.conn.send(("result", call_id, value, error))
-        except Exception as exc:  # an unpicklable value or error: the caller still gets one
-            message = f"the call's result could not be sent back: {exc!r}"
-            self.conn.send(("result", call_id, None, RuntimeError(message)))
+            data = pickle.dumps(message)
+            pickle.loads(data)
+        except Exception as exc:
+            what = value if error is None else error
+            reason = f"the call's result could not be sent back: {what!r} ({exc!r})"
+            data = pickle.dumps(("result", call_id, None, RuntimeError(reason)))
+        self.conn.send_bytes(data)
 
 
 def main() -> int:
     """The engine process: build the engine the parent asked for, then run its loop."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Ctrl-C in a terminal reaches the whole process group: the serving process decides when
+    # the engine stops (it drains first), and tells it through the socket.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(int(sys.argv[1]))
     config, torch_threads = conn.recv()
     if torch_threads:

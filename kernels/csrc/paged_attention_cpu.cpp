@@ -96,7 +96,8 @@ inline void accumulate(float* acc, const float* p, const T* values, int64_t coun
 // 2e-7, below fp32 rounding of the softmax), written without branches so that a loop of it
 // vectorizes; std::exp does not. Below -87 it returns 0.
 inline float exp_nonpositive(float x) {
-  const float t = std::max(x, -87.0f) * 1.44269504f;  // log2(e)
+  // Comparisons written so that NaN takes the clamp: no float-to-int conversion out of range.
+  const float t = (x > -87.0f ? x : -87.0f) * 1.44269504f;  // log2(e)
   const float n = std::floor(t + 0.5f);
   const float f = t - n;  // [-0.5, 0.5]
   float p = 1.5403530e-4f;
@@ -106,12 +107,12 @@ inline float exp_nonpositive(float x) {
   p = p * f + 2.4022651e-1f;
   p = p * f + 6.9314718e-1f;
   p = p * f + 1.0f;
-  int32_t bits;
+  uint32_t bits;
   std::memcpy(&bits, &p, sizeof bits);
-  bits += static_cast<int32_t>(n) << 23;
+  bits += static_cast<uint32_t>(static_cast<int32_t>(n)) << 23;  // unsigned: no UB on n < 0
   float y;
   std::memcpy(&y, &bits, sizeof y);
-  return x < -87.0f ? 0.0f : y;
+  return x != x ? x : (x < -87.0f ? 0.0f : y);  // NaN stays NaN, as in the reference
 }
 
 struct Shape {

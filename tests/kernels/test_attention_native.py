@@ -100,3 +100,17 @@ def test_bf16_is_the_fp32_computation_rounded_to_nearest() -> None:
     query, kv_cache = _inputs(rows, kv_heads=2, heads=4, dtype=torch.bfloat16)
     wide = paged_attention_native(query.float(), kv_cache.float(), meta, scale=0.25)
     assert torch.equal(paged_attention_native(query, kv_cache, meta, 0.25), wide.bfloat16())
+
+
+def test_nan_stays_in_its_row_and_far_scores_weigh_nothing() -> None:
+    # One decode row whose query is NaN: NaN out, as the reference gives, and nowhere else.
+    # Another whose scores differ by hundreds: the far keys underflow to exactly no weight.
+    rows = [(1, 9, [1, 2, 3]), (1, 7, [4, 5]), (1, 5, [6, 7])]
+    meta = _metadata(rows)
+    query, kv_cache = _inputs(rows, kv_heads=2, heads=4, dtype=torch.float32)
+    query[0] = float("nan")
+    query[1] *= 400.0
+    expected = paged_attention_ref(query, kv_cache, meta, scale=0.25)
+    got = paged_attention_native(query, kv_cache, meta, scale=0.25)
+    assert got[0].isnan().all() and not got[1:].isnan().any()
+    torch.testing.assert_close(got[1:], expected[1:], atol=1e-5, rtol=1e-5)

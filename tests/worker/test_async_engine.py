@@ -76,6 +76,18 @@ def _wait_for_file(path: Path, engine: Engine) -> None:
         if path.exists():
             return
         time.sleep(0.01)
+    raise TimeoutError(f"{path} never appeared")
+
+
+class _TwoArgumentError(Exception):
+    """Pickles, but does not unpickle: its __init__ needs two arguments."""
+
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def _raise_two_argument_error(engine: Engine) -> None:
+    raise _TwoArgumentError(1, 0)
 
 
 def _divide_by_zero(engine: Engine) -> int:
@@ -224,6 +236,15 @@ async def test_call_runs_between_steps_and_returns_or_raises(engine: AsyncEngine
     await _wait_until_free(engine)
 
 
+async def test_an_error_that_cannot_travel_still_reaches_the_caller(engine: AsyncEngine) -> None:
+    # In process: the error itself. From an engine process: a RuntimeError naming it, since it
+    # cannot be unpickled here; either way the engine serves on.
+    with pytest.raises((_TwoArgumentError, RuntimeError), match="1/0"):
+        await engine.call(_raise_two_argument_error)
+    assert engine.alive
+    assert len(tokens_of(await _collect(engine, "still serving", GREEDY_32, "s"))) == 32
+
+
 async def test_call_after_shutdown_is_refused(engine: AsyncEngine) -> None:
     engine.shutdown()
     with pytest.raises(EngineDeadError):
@@ -263,6 +284,21 @@ async def test_killed_engine_process_fails_every_stream(demo_model_dir: Path) ->
         assert not engine.alive
         with pytest.raises(EngineDeadError):
             await engine.call(Engine.load_report)
+    finally:
+        engine.shutdown()
+
+
+async def test_ctrl_c_is_for_the_serving_process_not_the_engine(demo_model_dir: Path) -> None:
+    # A terminal's Ctrl-C reaches the whole process group; the server drains before it stops
+    # the engine, so the engine must not die of the signal first.
+    engine = _spawn(demo_model_dir, dtype="float32")
+    try:
+        stream = _generate(engine, "interrupted?", GREEDY_32, "i")
+        first = await anext(stream)
+        os.kill(engine.pid, signal.SIGINT)
+        rest = [out async for out in stream]
+        assert len(tokens_of([first, *rest])) == 32
+        assert engine.alive
     finally:
         engine.shutdown()
 

@@ -8,6 +8,7 @@ are known, deterministically and without a thread; then once through the real th
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from tests.worker.engine_helpers import make_engine
 from tests.worker.test_pipelined_preemption import STALE_ORDERINGS, generate, workload
 from worker.engine import Engine
+from worker.errors import WorkerFailedError
 from worker.executor import Executor, LocalExecutor, OverlappingExecutor
 from worker.sampler import SampledToken
 from worker.sampling_params import SamplingParams
@@ -141,3 +143,16 @@ def test_by_default_only_a_gpu_runs_ahead(demo_model_dir: Path) -> None:
     engine = make_engine(demo_model_dir)
     expected = OverlappingExecutor if torch.cuda.is_available() else LocalExecutor
     assert type(engine.executor) is expected
+
+
+def test_a_step_that_never_finishes_fails_the_engine_within_its_timeout(
+    demo_model_dir: Path,
+) -> None:
+    engine = make_engine(demo_model_dir, async_scheduling=True, step_timeout_s=0.5)
+    assert isinstance(engine.executor, OverlappingExecutor)
+    engine.executor.runner.execute = lambda step: time.sleep(3)  # type: ignore[method-assign]
+    engine.add_request(engine.make_request("stuck", list(range(10, 30)), SamplingParams(4)))
+    with pytest.raises(WorkerFailedError, match=r"within 0\.5 s"):
+        engine.step()
+    engine.check_integrity()
+    assert engine.kv.pool.num_free == engine.num_blocks

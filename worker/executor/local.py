@@ -7,6 +7,7 @@ import threading
 import weakref
 from collections import deque
 
+from worker.errors import WorkerFailedError
 from worker.executor.base import Executor
 from worker.model_runner import ModelRunner
 from worker.sampler import SampledToken
@@ -46,8 +47,9 @@ class OverlappingExecutor(Executor):
     max_in_flight = 2
     runs_ahead = True
 
-    def __init__(self, runner: ModelRunner) -> None:
+    def __init__(self, runner: ModelRunner, step_timeout_s: float) -> None:
         self.runner = runner
+        self.step_timeout_s = step_timeout_s
         self._steps: queue.SimpleQueue[StepInput | None] = queue.SimpleQueue()
         self._results: queue.SimpleQueue[list[SampledToken] | BaseException] = queue.SimpleQueue()
         # The thread holds the runner only weakly, so an engine that is dropped without a
@@ -64,8 +66,14 @@ class OverlappingExecutor(Executor):
         self._steps.put(step)
 
     def receive(self) -> list[SampledToken]:
-        """The oldest step's tokens; re-raises what running it raised."""
-        result = self._results.get()
+        """The oldest step's tokens; re-raises what running it raised, and raises
+        WorkerFailedError if it has not finished within ``step_timeout_s``."""
+        try:
+            result = self._results.get(timeout=self.step_timeout_s)
+        except queue.Empty:
+            raise WorkerFailedError(
+                f"a step has not finished within {self.step_timeout_s} s"
+            ) from None
         if isinstance(result, BaseException):
             raise result
         return result
