@@ -63,13 +63,20 @@ inline vfloat load(const uint16_t* p) {
   std::memcpy(&v, &bits, sizeof v);
   return v;
 }
+typedef float vhalf __attribute__((vector_size(LANES / 2 * sizeof(float))));
+typedef float vquarter __attribute__((vector_size(LANES / 4 * sizeof(float))));
+
+// Halving adds, not a running sum: each level is one vector add of the two halves.
 inline float sum(vfloat v) {
-  float lanes[LANES];
-  std::memcpy(lanes, &v, sizeof lanes);
-  // A tree, not a running sum: a running sum is a chain of LANES dependent adds.
-  for (int width = LANES / 2; width > 0; width /= 2)
-    for (int l = 0; l < width; ++l) lanes[l] += lanes[l + width];
-  return lanes[0];
+  vhalf lo, hi;
+  std::memcpy(&lo, &v, sizeof lo);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+  const vhalf h = lo + hi;
+  vquarter a, b;
+  std::memcpy(&a, &h, sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&h) + sizeof a, sizeof b);
+  const vquarter q = a + b;
+  return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
 // head_dim is a multiple of LANES (checked in run).
