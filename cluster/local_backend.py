@@ -9,7 +9,9 @@ from typing import cast
 
 from router.backend import Backend
 from worker.async_engine import AsyncEngine
-from worker.errors import NoReplicaError, OverloadedError
+from worker.engine import Engine
+from worker.errors import EngineDeadError, NoReplicaError, OverloadedError
+from worker.load_report import LoadReport
 from worker.messages import GenerationRequest, RequestOutput
 
 
@@ -45,3 +47,12 @@ class LocalBackend(Backend):
 
     def healthy(self) -> bool:
         return self.engine.alive
+
+    async def load_reports(self) -> dict[str, LoadReport]:
+        """The one engine's, as engine "0" (vLLM's label for a single engine)."""
+        if not self.engine.alive:
+            return {}
+        try:
+            return {"0": await self.engine.call(Engine.load_report)}
+        except EngineDeadError:  # died since the check
+            return {}

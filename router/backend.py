@@ -7,6 +7,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncGenerator
 
+from worker.load_report import LoadReport
 from worker.messages import GenerationRequest, RequestOutput
 from worker.request_builder import RequestBuilder
 
@@ -32,3 +33,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def healthy(self) -> bool:
         """Whether a request sent now can be served."""
+
+    async def load_reports(self) -> dict[str, LoadReport]:
+        """Each engine's latest load report, by engine id, for the metrics; none by default."""
+        return {}

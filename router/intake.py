@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from router.backend import Backend
+from router.metrics import ServingMetrics
 from worker.errors import InvalidRequestError
-from worker.messages import GenerationRequest
+from worker.messages import GenerationRequest, RequestOutput
 from worker.sampling_params import SamplingParams
 
 T = TypeVar("T")
@@ -20,10 +21,12 @@ class Intake:
     RequestBuilder, so a request is refused at the edge with the engine's message. The event
     loop only runs the checks that cost nothing; tokenizing (and template rendering) runs on a
     small thread pool (the tokenizer releases the GIL), so one huge prompt never stalls other
-    streams or the health checks."""
+    streams or the health checks. Every stream either door runs goes through ``generate``, so
+    one set of metrics counts both."""
 
     def __init__(self, backend: Backend, threads: int = 2) -> None:
         self.backend = backend
+        self.metrics = ServingMetrics(backend.model_name)
         self._pool = ThreadPoolExecutor(threads, "kvfleet-tokenize")
 
     def close(self) -> None:
@@ -32,6 +35,10 @@ class Intake:
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """``fn(*args)`` on the tokenizer pool."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
+        """The backend's stream, metered. Closing it closes the backend's (which aborts)."""
+        return self.metrics.metered(self.backend.generate(request))
 
     async def validate(
         self,

@@ -40,7 +40,7 @@ class GenerationService(pb_grpc.GenerationServicer):
         try:
             async with asyncio.timeout_at(deadline):
                 validated = await self._validate(request)
-            stream = self.backend.generate(validated)  # refuses at once when not healthy
+            stream = self.intake.generate(validated)  # refuses at once when not healthy
             async with aclosing(stream):
                 while True:
                     async with asyncio.timeout_at(deadline):

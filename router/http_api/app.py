@@ -28,6 +28,7 @@ from router.http_api.errors import HTTPError, HTTPErrorRaised, http_error
 from router.http_api.protocol import MAX_CHOICES, ChatCompletionRequest, CompletionRequest
 from router.http_api.responses import ChoiceState, ResponseBuilder, sse, usage
 from router.intake import Intake
+from router.metrics import CONTENT_TYPE
 from worker.errors import DeadlineExceededError, InvalidRequestError, WorkerFailedError
 from worker.messages import GenerationRequest, RequestOutput
 
@@ -53,6 +54,7 @@ def build_app(
     app.add_api_route("/v1/chat/completions", routes.chat_completions, methods=["POST"])
     app.add_api_route("/v1/models", routes.models, methods=["GET"])
     app.add_api_route("/health", routes.health, methods=["GET"])
+    app.add_api_route("/metrics", routes.metrics, methods=["GET"])
     return app
 
 
@@ -82,6 +84,11 @@ class _Routes:
         }
         return JSONResponse({"object": "list", "data": [model]})
 
+    async def metrics(self) -> Response:
+        """Prometheus exposition: vLLM-named metrics of both front doors and the engines."""
+        loads = await self.backend.load_reports()
+        return Response(self.intake.metrics.render(loads), media_type=CONTENT_TYPE)
+
     async def health(self) -> Response:
         if self.backend.healthy():
             return JSONResponse({"status": "ok"})
@@ -97,7 +104,7 @@ class _Routes:
             async with asyncio.timeout_at(deadline):
                 body = await self._parse(request, chat)
                 requests = await self._validate(request_id, body)
-                stream = _merge([self.backend.generate(r) for r in requests])
+                stream = _merge([self.intake.generate(r) for r in requests])
                 first = await anext(stream, None)
         except TimeoutError:
             return _error_response(http_error(_deadline()), request_id)
