@@ -8,7 +8,7 @@ are known, deterministically and without a thread; then once through the real th
 
 from __future__ import annotations
 
-import time
+import threading
 from collections import deque
 from pathlib import Path
 
@@ -150,9 +150,16 @@ def test_a_step_that_never_finishes_fails_the_engine_within_its_timeout(
 ) -> None:
     engine = make_engine(demo_model_dir, async_scheduling=True, step_timeout_s=0.5)
     assert isinstance(engine.executor, OverlappingExecutor)
-    engine.executor.runner.execute = lambda step: time.sleep(3)  # type: ignore[method-assign]
+    release = threading.Event()
+    engine.executor.runner.execute = lambda step: release.wait(30)  # type: ignore[method-assign]
     engine.add_request(engine.make_request("stuck", list(range(10, 30)), SamplingParams(4)))
-    with pytest.raises(WorkerFailedError, match=r"within 0\.5 s"):
-        engine.step()
-    engine.check_integrity()
-    assert engine.kv.pool.num_free == engine.num_blocks
+    try:
+        with pytest.raises(WorkerFailedError, match=r"within 0\.5 s"):
+            engine.step()
+        engine.check_integrity()
+        assert engine.kv.pool.num_free == engine.num_blocks
+    finally:
+        # Let the stuck step end and its thread stop here: a thread still holding the model
+        # when the interpreter exits would free its tensors during finalization (an abort).
+        release.set()
+        engine.shutdown()
