@@ -26,14 +26,19 @@ from worker.step_input import StepInput
 
 class DeferredExecutor(Executor):
     """Runs each step only when its result is received, so ``depth`` batches are in flight,
-    each scheduled before the results of the ones ahead of it are known."""
+    each scheduled before the results of the ones ahead of it are known. ``runs_ahead`` as a
+    pipeline does not (the same requests in consecutive steps, inputs filled in by the runner);
+    ``inputs_filled_in`` counts the rows whose token was still being sampled when scheduled."""
 
-    def __init__(self, local: LocalExecutor, depth: int) -> None:
+    def __init__(self, local: LocalExecutor, depth: int, runs_ahead: bool = False) -> None:
         self.local = local
         self.max_in_flight = depth
+        self.runs_ahead = runs_ahead
+        self.inputs_filled_in = 0
         self._submitted: deque[StepInput] = deque()
 
     def submit(self, step: StepInput) -> None:
+        self.inputs_filled_in += len(step.pending_inputs)
         self._submitted.append(step)
 
     def receive(self) -> list[SampledToken]:

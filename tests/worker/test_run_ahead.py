@@ -2,54 +2,33 @@
 that wait on the current one's tokens filled in by the runner) gives exactly the tokens of one
 that does not, through preemption, seeded sampling, stops and aborts, and leaks no block.
 
-Built the way the pipeline's stale-sample test is: an executor that runs each step only when its
-result is received, so the second step in flight is always scheduled before the first's tokens
-are known, deterministically and without a thread; then once through the real thread."""
+Built the way the pipeline's stale-sample test is, with its executor that runs each step only
+when its result is received, so the second step in flight is always scheduled before the first's
+tokens are known, deterministically and without a thread; then once through the real thread."""
 
 from __future__ import annotations
 
 import threading
-from collections import deque
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.worker.engine_helpers import make_engine
-from tests.worker.test_pipelined_preemption import STALE_ORDERINGS, generate, workload
+from tests.worker.test_pipelined_preemption import (
+    STALE_ORDERINGS,
+    DeferredExecutor,
+    generate,
+    workload,
+)
 from worker.engine import Engine
 from worker.errors import WorkerFailedError
-from worker.executor import Executor, LocalExecutor, OverlappingExecutor
-from worker.sampler import SampledToken
+from worker.executor import LocalExecutor, OverlappingExecutor
 from worker.sampling_params import SamplingParams
-from worker.step_input import StepInput
-
-
-class DeferredRunAhead(Executor):
-    """Two steps in flight, the second scheduled before the first runs."""
-
-    max_in_flight = 2
-    runs_ahead = True
-
-    def __init__(self, local: LocalExecutor) -> None:
-        self.local = local
-        self._submitted: deque[StepInput] = deque()
-        self.inputs_filled_in = 0  # rows whose token was still being sampled when scheduled
-
-    def submit(self, step: StepInput) -> None:
-        self.inputs_filled_in += len(step.pending_inputs)
-        self._submitted.append(step)
-
-    def receive(self) -> list[SampledToken]:
-        self.local.submit(self._submitted.popleft())
-        return self.local.receive()
-
-    def shutdown(self) -> None:
-        self.local.shutdown()
 
 
 def ran_ahead(engine: Engine) -> int:
-    assert isinstance(engine.executor, DeferredRunAhead)
+    assert isinstance(engine.executor, DeferredExecutor)
     return engine.executor.inputs_filled_in
 
 
@@ -58,7 +37,7 @@ def run_ahead(model: Path, **overrides: object) -> Engine:
     assert isinstance(engine.executor, OverlappingExecutor)
     runner = engine.executor.runner
     engine.executor.shutdown()
-    engine.executor = DeferredRunAhead(LocalExecutor(runner))
+    engine.executor = DeferredExecutor(LocalExecutor(runner), depth=2, runs_ahead=True)
     return engine
 
 
