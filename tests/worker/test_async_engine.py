@@ -7,6 +7,8 @@ import asyncio
 import functools
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -312,12 +314,56 @@ def test_a_model_that_cannot_load_raises_what_the_engine_raises(tmp_path: Path) 
     assert str(spawned.value) == str(in_process.value)
 
 
-async def test_spawned_engine_resolves_its_config_and_stops_with_its_server(
+async def test_spawned_engine_resolves_its_config_and_stops_when_shut_down(
     demo_model_dir: Path,
 ) -> None:
     engine = _spawn(demo_model_dir)
     assert engine.config.dtype in ("float32", "bfloat16")  # "auto" as the engine resolved it
     assert engine.requests.max_model_len == make_engine(demo_model_dir).max_model_len
     engine.shutdown()
-    with pytest.raises(ProcessLookupError):
-        os.kill(engine.pid, 0)
+    assert not _running(engine.pid)
+
+
+SERVER = """
+import sys, time
+from pathlib import Path
+from worker.async_engine import AsyncEngine
+from worker.config import EngineConfig
+engine = AsyncEngine.spawn(EngineConfig(model=Path(sys.argv[1]), dtype="float32"), 1)
+print(engine.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_engine_process_exits_when_its_server_is_killed(
+    demo_model_dir: Path, tmp_path: Path
+) -> None:
+    # No orphan holding the model's memory: the engine sees its socket close and exits.
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(demo_model_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        assert server.stdout is not None
+        pid = int(server.stdout.readline())
+        assert _running(pid)
+    finally:
+        server.kill()
+        server.wait()
+    for _ in range(100):
+        if not _running(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError("the engine process outlived its server by 10 s")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit is reaped by whoever adopted it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
