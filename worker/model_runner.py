@@ -13,7 +13,7 @@ from worker.model_config import ModelConfig
 from worker.parallel.comm import recv_intermediate, send_intermediate
 from worker.parallel.state import ParallelState
 from worker.sampler import SampledToken, Sampler
-from worker.step_input import StepInput
+from worker.step_input import SamplingRow, StepInput
 
 _SEED_MASK = (1 << 63) - 1  # torch seeds are unsigned 64-bit; Python hashes of ints are stable
 
@@ -47,7 +47,9 @@ class ModelRunner:
         self.sampler = Sampler()
         self._pending_send: dist.Work | None = None
         self.graphs: DecodeGraphs | None = None
-        self._last_sampled: dict[str, int] = {}  # request id -> token, of the previous step
+        # The previous step's sampling rows and tokens: a step built before they were known
+        # reads its inputs from them (StepInput.pending_inputs).
+        self._previous: tuple[list[SamplingRow], list[SampledToken]] = ([], [])
 
     def capture_decode_graphs(self, max_model_len: int, max_batch: int) -> None:
         """Record CUDA graphs of decode steps (see worker/cuda_graphs.py); later decode steps of
@@ -63,14 +65,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> list[SampledToken] | None:
-        for row, request_id in step.pending_inputs:
-            step.input_ids[row] = self._last_sampled[request_id]
+        if step.pending_inputs:
+            rows, tokens = self._previous
+            token_of = {row.request_id: t.token_id for row, t in zip(rows, tokens, strict=True)}
+            for index, request_id in step.pending_inputs:
+                step.input_ids[index] = token_of[request_id]
         sampled = self._execute(step)
         if sampled is not None:
-            self._last_sampled = {
-                row.request_id: token.token_id
-                for row, token in zip(step.sampling, sampled, strict=True)
-            }
+            self._previous = (step.sampling, sampled)
         return sampled
 
     def _execute(self, step: StepInput) -> list[SampledToken] | None:
