@@ -18,9 +18,7 @@ from cluster.http_options import HTTPOptions
 from cluster.serve_backend import ServeBackend
 from router.front_doors import FrontDoors, open_front_doors
 from worker.config import EngineConfig
-from worker.model_config import ModelConfig
 from worker.request_builder import RequestBuilder
-from worker.tokenizer import Tokenizer
 
 T = TypeVar("T")
 
@@ -53,8 +51,7 @@ async def start_front_door(
     connected to the Ray cluster."""
     handle = serve.get_deployment_handle(DEPLOYMENT, app_name=app_name)
     config: EngineConfig = await handle.engine_config.remote()
-    model_config = ModelConfig.from_dir(config.model, config.dtype)
-    requests = RequestBuilder(config, model_config, Tokenizer.from_dir(config.model))
+    requests = RequestBuilder.for_config(config)
     backend = ServeBackend(handle, requests, config.model.name, app_name, max_queued_requests)
     template = http.chat_template_for(config.model) if http.port else None
     await backend.start()

@@ -19,9 +19,7 @@ from worker.engine_process import ProcessRunner
 from worker.engine_thread import ThreadRunner
 from worker.errors import DuplicateRequestError, EngineDeadError
 from worker.messages import GenerationRequest, RequestOutput
-from worker.model_config import ModelConfig
 from worker.request_builder import RequestBuilder
-from worker.tokenizer import Tokenizer
 
 T = TypeVar("T")
 
@@ -63,14 +61,13 @@ class AsyncEngine:
         runner = ProcessRunner(config, self, self._died, torch_threads)
         self._runner = runner
         try:
-            model_config = ModelConfig.from_dir(config.model, runner.config.dtype)
-            tokenizer = Tokenizer.from_dir(config.model)
+            requests = RequestBuilder.for_config(runner.config)
         except BaseException:
             runner.shutdown()  # or the engine process would outlive us, holding its memory
             raise
         # Only these two: the engine may already have reported a death, which must stand.
         self.config = runner.config
-        self._requests = RequestBuilder(runner.config, model_config, tokenizer)
+        self._requests = requests
         return self
 
     def _setup(self, config: EngineConfig, requests: RequestBuilder | None) -> None:

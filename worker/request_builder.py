@@ -40,6 +40,14 @@ class RequestBuilder:
     """Turns (id, prompt, sampling parameters, salt) into a validated GenerationRequest. It
     touches no engine state, so any thread (or process) may call it."""
 
+    @classmethod
+    def for_config(cls, config: EngineConfig) -> RequestBuilder:
+        """The builder of an engine configured by ``config`` (its dtype already resolved, as
+        an engine reports it), read from the model directory: for the sides that serve an
+        engine running elsewhere (an engine process, Serve replicas)."""
+        model_config = ModelConfig.from_dir(config.model, config.dtype)
+        return cls(config, model_config, Tokenizer.from_dir(config.model))
+
     def __init__(
         self, config: EngineConfig, model_config: ModelConfig, tokenizer: Tokenizer
     ) -> None:
