@@ -163,17 +163,27 @@ class _Channel:
         self.conn.send(("outputs", outputs))
 
     def result(self, call_id: int, value: Any, error: BaseException | None) -> None:
-        """Sent only once it is known to unpickle on the other side (an exception class with
-        required arguments does not): else the caller gets a RuntimeError saying so."""
-        message = ("result", call_id, value, error)
-        try:
-            data = pickle.dumps(message)
-            pickle.loads(data)
-        except Exception as exc:
-            what = value if error is None else error
-            reason = f"the call's result could not be sent back: {what!r} ({exc!r})"
-            data = pickle.dumps(("result", call_id, None, RuntimeError(reason)))
-        self.conn.send_bytes(data)
+        what = value if error is None else error
+        _send_checked(
+            self.conn,
+            ("result", call_id, value, error),
+            lambda exc: ("result", call_id, None, RuntimeError(
+                f"the call's result could not be sent back: {what!r} ({exc!r})"
+            )),
+        )  # fmt: skip
+
+
+def _send_checked(
+    conn: Connection, message: tuple[Any, ...], instead: Callable[[Exception], tuple[Any, ...]]
+) -> None:
+    """Send ``message`` once it is known to unpickle on the other side (an exception class
+    whose __init__ needs arguments does not); else ``instead(why)``, which must."""
+    try:
+        data = pickle.dumps(message)
+        pickle.loads(data)
+    except Exception as exc:
+        data = pickle.dumps(instead(exc))
+    conn.send_bytes(data)
 
 
 def main() -> int:
@@ -189,10 +199,8 @@ def main() -> int:
     try:
         engine = Engine(config)
     except Exception as exc:
-        try:
-            conn.send(("failed", exc))
-        except Exception:  # unpicklable
-            conn.send(("failed", ModelLoadError(repr(exc))))
+        unreadable = ("failed", ModelLoadError(repr(exc)))
+        _send_checked(conn, ("failed", exc), lambda _: unreadable)
         return 1
     conn.send(("ready", engine.config))
     channel = _Channel(conn)
