@@ -50,9 +50,7 @@ class LocalBackend(Backend):
 
     async def load_reports(self) -> dict[str, LoadReport]:
         """The one engine's, as engine "0" (vLLM's label for a single engine)."""
-        if not self.engine.alive:
-            return {}
         try:
             return {"0": await self.engine.call(Engine.load_report)}
-        except EngineDeadError:  # died since the check
+        except EngineDeadError:  # a dead engine has no load to report
             return {}

@@ -13,6 +13,9 @@ from kernels import native
 from kernels.attention_metadata import PagedAttentionMetadata
 
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
+# The kernel's own limits (LANES and MAX_BLOCK in csrc/paged_attention_cpu.cpp).
+_HEAD_DIM_MULTIPLE = 16
+_MAX_BLOCK_SIZE = 64
 
 
 def supports(query: torch.Tensor, kv_cache: torch.Tensor) -> bool:
@@ -21,8 +24,8 @@ def supports(query: torch.Tensor, kv_cache: torch.Tensor) -> bool:
         query.device.type == "cpu"
         and query.dtype in _DTYPE_CODES
         and kv_cache.dtype == query.dtype
-        and query.shape[-1] % 16 == 0
-        and kv_cache.shape[2] <= 64
+        and query.shape[-1] % _HEAD_DIM_MULTIPLE == 0
+        and kv_cache.shape[2] <= _MAX_BLOCK_SIZE
         and kv_cache.is_contiguous()
         and _library() is not None
     )
