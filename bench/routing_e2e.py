@@ -24,12 +24,12 @@ from pathlib import Path
 import ray
 from ray import serve
 
-from cluster.app import FleetConfig, deploy
+from cluster import cluster_config
+from cluster.app import deploy
 from cluster.demo_model import write_demo_model
 from cluster.front_door import FrontDoorThread
 from cluster.redis_server import RedisServer
 from router.client import GenerationClient
-from worker.config import EngineConfig
 
 BLOCK = 16
 PORT = 50071
@@ -87,15 +87,15 @@ def kv_blocks(scale: E2EScale) -> int:
 
 
 def run_policy(policy: str, model: Path, redis_url: str, scale: E2EScale) -> Outcome:
-    engine = EngineConfig(model=model, num_kv_blocks=kv_blocks(scale))
-    config = FleetConfig(
-        engine=engine,
-        app_name=f"bench-{policy.replace('_', '-')}",
-        num_replicas=2,
-        policy=policy,
-        redis_url=redis_url,
-        replica_cpus=0.0,
-        torch_threads=1,
+    pool = {"replicas": 2, "engine": {"num_kv_blocks": kv_blocks(scale)}}
+    config = cluster_config.load(
+        {
+            "model": str(model),
+            "app_name": f"bench-{policy.replace('_', '-')}",
+            "pools": {"colocated": pool},
+            "router": {"policy": policy},
+            "redis": {"url": redis_url},
+        }
     )
     deploy(config)
     router = FrontDoorThread(config.app_name, port=PORT)

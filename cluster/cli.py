@@ -31,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
         http_options,
         local_server,
         router_process,
-        supervisor,
         up,
     )
     from cluster.demo_model import PRESETS
@@ -50,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     start = commands.add_parser(
         "up", help="start Redis, a local Ray, N replicas and the gRPC router in the background"
     )
-    supervisor.add_arguments(start)
+    up.add_arguments(start)
     start.set_defaults(run=up.up)
 
     stop = commands.add_parser("down", help="stop what `kvfleet up` started")

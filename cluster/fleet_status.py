@@ -12,7 +12,7 @@ from ray import serve
 from cluster import ray_cluster
 from cluster.app import DEPLOYMENT
 from cluster.replica import KVState, Pinned, replica_ids
-from cluster.up import FleetError, running_state
+from cluster.run_state import FleetError, running_state
 
 
 def kv_states(app_name: str, timeout_s: float = 30.0) -> dict[str, KVState]:

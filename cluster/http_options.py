@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cluster.cluster_config import RouterSettings
 from router.http_api import ChatTemplate, HTTPConfig
 
 
@@ -61,3 +62,8 @@ def from_args(args: argparse.Namespace) -> HTTPOptions:
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"--request-timeout-s must be a positive number, got {timeout}")
     return HTTPOptions(args.http_port, args.chat_template, timeout)
+
+
+def from_config(router: RouterSettings) -> HTTPOptions:
+    """The cluster config's router section (validated there)."""
+    return HTTPOptions(router.http_port, router.chat_template, router.request_timeout_s)

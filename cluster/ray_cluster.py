@@ -7,7 +7,7 @@ import socket
 
 import ray
 
-from cluster.up import FleetError
+from cluster.run_state import FleetError
 
 
 def join(address: str) -> None:

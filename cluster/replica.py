@@ -14,7 +14,9 @@ import ray
 import torch
 from ray import serve
 
+from cluster import autoscaling_policy as signals
 from cluster.kv_publisher import KVEventPublisher
+from cluster.latency_window import LatencyWindow
 from router.kv_bus import StreamKeys
 from worker.async_engine import AsyncEngine
 from worker.config import EngineConfig
@@ -59,6 +61,7 @@ class EngineReplica:
         redis_url: str | None = None,
         namespace: str = "kvfleet",
         torch_threads: int | None = None,
+        ttft_window_s: float | None = None,
     ) -> None:
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -70,6 +73,8 @@ class EngineReplica:
         else:
             self.engine = AsyncEngine(Engine(engine_config))
         self._stats_seq = 0
+        # Times to first token as this replica sees them, for a TTFT-driven autoscaler.
+        self.ttft = LatencyWindow(ttft_window_s) if ttft_window_s else None
         self.publisher: KVEventPublisher | None = None
         if redis_url is not None:  # Serve runs constructors on the replica's event loop
             self.publisher = KVEventPublisher(
@@ -81,8 +86,12 @@ class EngineReplica:
         """The request's outputs until its final one, which names this replica. Cancelling the
         Serve call (the client went away, a deadline passed) aborts the engine request."""
         stream = cast(AsyncGenerator[RequestOutput, None], self.engine.generate(request))
+        started, ttft = time.monotonic(), self.ttft
         async with aclosing(stream):
             async for output in stream:
+                if ttft is not None and output.token_ids:
+                    ttft.observe(time.monotonic() - started)
+                    ttft = None  # the first token's time only
                 if output.finished:
                     output = dataclasses.replace(output, served_by=self.replica_id)
                 yield output
@@ -93,6 +102,17 @@ class EngineReplica:
         report = await self.engine.call(Engine.load_report)
         self._stats_seq += 1
         return {"seq": self._stats_seq, "time": time.time(), "load": dataclasses.asdict(report)}
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve polls this for the autoscaling policy (cluster/autoscaling_policy.py)."""
+        report = await self.engine.call(Engine.load_report)
+        ttft = self.ttft.quantile(0.9) if self.ttft is not None else None
+        return {
+            signals.WAITING: report.num_waiting,
+            signals.PREFILL_TOKENS: report.prefill_tokens,
+            signals.RUNNING: report.num_running,
+            signals.TTFT_P90_S: -1.0 if ttft is None else ttft,
+        }
 
     async def kv_state(self, pinned: Pinned) -> KVState:
         """Checks the block pool's invariants, then says what it holds."""

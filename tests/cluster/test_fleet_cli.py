@@ -11,28 +11,40 @@ from pathlib import Path
 import openai
 import pytest
 
-from cluster.cli import main
-from cluster.supervisor import RunState
-from cluster.up import process_alive
+from cluster.cli import RAY_AUTH_MODE, main
+from cluster.run_state import RunState, process_alive
 from router.client import GenerationClient
 from tests.net import free_port
 
 KVFLEET = [sys.executable, "-m", "cluster.cli"]
 
 
+@pytest.fixture(autouse=True)
+def _ray_auth_mode_stays_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI sets Ray's token authentication in the environment (cluster/cli.py); run in
+    this process, it must not leak into the tests that start a Ray of their own."""
+    monkeypatch.setenv(*RAY_AUTH_MODE)
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--model", "/no/such/model"], "no config.json"),
-        (["--replicas", "0"], "num_replicas must be at least 1"),
-        (["--port", "0"], "--port must be in 1..65535"),
-        (["--http-port", "70000"], "--http-port must be in 0..65535"),
-        (["--port", "9100", "--http-port", "9100"], "--http-port and --port are both 9100"),
-        (["--chat-template", "/no/such.jinja"], "--chat-template /no/such.jinja: no such file"),
-        (["--request-timeout-s", "-1"], "--request-timeout-s must be a positive number"),
-        (["--kv-cache-mb", "0"], "--kv-cache-mb must be at least 1"),
-        (["--torch-threads", "0"], "torch_threads must be at least 1"),
-        (["--redis-url", "localhost:6379"], "redis_url 'localhost:6379': Redis URL must specify"),
+        (["--replicas", "0"], "pools.colocated.replicas: Input should be greater than 0"),
+        (["--port", "0"], "router.grpc_port: Input should be greater than or equal to 1"),
+        (["--http-port", "70000"], "router.http_port: Input should be less than or equal to"),
+        (["--port", "9100", "--http-port", "9100"], "http_port and grpc_port are both 9100"),
+        (["--chat-template", "/no/such.jinja"], "router.chat_template: /no/such.jinja: no such"),
+        (["--request-timeout-s", "-1"], "router.request_timeout_s: Input should be greater"),
+        (["--kv-cache-mb", "0"], "pools.colocated.engine.kv_cache_mb: Input should be greater"),
+        (["--torch-threads", "0"], "pools.colocated.engine.torch_threads: Input should be"),
+        (["--redis-url", "localhost:6379"], "redis.url: Redis URL must specify"),
+        (["--pp", "2", "--set", "pools.colocated.parallelism.layer_split=[1]"], "layer_split"),
+        (["--set", "pools.colocated.replica=3"], "pools.colocated.replica: unknown key"),
+        (["--set", "router.policy=fastest"], "router.policy: Input should be 'kvfleet' or"),
+        (["--min-replicas", "3", "--max-replicas", "2"], "max_replicas (2) must be >="),
+        (["--set", "novalue"], "--set 'novalue': expected KEY=VALUE"),
+        (["--config", "/no/such.yaml"], "/no/such.yaml: No such file"),
     ],
 )
 def test_bad_up_options_fail_before_anything_starts(

@@ -12,18 +12,19 @@ import pytest
 import ray
 from ray import serve
 
-from cluster.app import DEPLOYMENT, FleetConfig, deploy
+from cluster import cluster_config
+from cluster.app import DEPLOYMENT, deploy
+from cluster.cluster_config import ClusterConfig
 from cluster.fleet_status import kv_states
 from cluster.front_door import FrontDoorThread
 from cluster.redis_server import RedisServer
 from cluster.replica import KVState, replica_ids
 from router.client import GenerationClient
 from tests.net import free_port
-from worker.config import EngineConfig
 
 APP = "kvfleet-test"
 NUM_REPLICAS = 2
-KV_CACHE_BYTES = 16 << 20
+KV_CACHE_MB = 16
 
 
 HERE = Path(__file__).parent
@@ -39,7 +40,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 class Fleet:
     """The running fleet, and what tests read from it."""
 
-    def __init__(self, config: FleetConfig, redis: RedisServer) -> None:
+    def __init__(self, config: ClusterConfig, redis: RedisServer) -> None:
         self.config = config
         self.redis = redis
         deploy(config)
@@ -81,13 +82,14 @@ def fleet(demo_model_dir: Path) -> Iterator[Fleet]:
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     redis = RedisServer()
     redis.start()
-    config = FleetConfig(
-        engine=EngineConfig(model=demo_model_dir, dtype="float32", kv_cache_bytes=KV_CACHE_BYTES),
-        app_name=APP,
-        num_replicas=NUM_REPLICAS,
-        redis_url=redis.url,
-        replica_cpus=0.0,
-        torch_threads=1,
+    engine = {"dtype": "float32", "kv_cache_mb": KV_CACHE_MB}
+    config = cluster_config.load(
+        {
+            "model": str(demo_model_dir),
+            "app_name": APP,
+            "pools": {"colocated": {"replicas": NUM_REPLICAS, "engine": engine}},
+            "redis": {"url": redis.url},
+        }
     )
     running = Fleet(config, redis)
     try:

@@ -1,0 +1,348 @@
+"""The cluster config: one typed schema (pydantic) for everything `kvfleet up` deploys, read from
+YAML and command-line flags by the same code, and the single source of every default. The engine
+and router sections take their defaults from the dataclasses they become (EngineConfig,
+RouterConfig), so a default lives in one place. ``json_schema()`` is what the Helm chart's
+values.schema.json reuses.
+
+    model: /models/llama             # required: a model directory
+    pools:
+      colocated:                     # one pool that prefills and decodes
+        replicas: 2                  # fixed count, or the initial one when autoscaling
+        parallelism: {tensor: 1, pipeline: 1}
+        engine: {dtype: auto, kv_cache_mb: 256}
+        autoscaling: {min_replicas: 1, max_replicas: 4}
+    router: {policy: kvfleet, grpc_port: 50051, http_port: 8000}
+    redis: {url: null}               # null: `kvfleet up` starts a redis-server on loopback
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from redis.connection import parse_url
+
+from router.policy import RouterConfig
+from worker.config import EngineConfig
+from worker.errors import KVFleetError
+
+
+class ConfigError(KVFleetError):
+    """A cluster config that does not validate; the message names each bad key."""
+
+
+def _default(cls: type, name: str) -> Any:
+    """A dataclass field's default: the one place it is written."""
+    return {f.name: f for f in dataclasses.fields(cls)}[name].default
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Parallelism(_Section):
+    """How one replica shards the model: tensor x pipeline ranks."""
+
+    tensor: PositiveInt = _default(EngineConfig, "tensor_parallel_size")
+    pipeline: PositiveInt = _default(EngineConfig, "pipeline_parallel_size")
+    layer_split: tuple[PositiveInt, ...] | None = Field(
+        default=None, description="layers per pipeline stage (default: an even split)"
+    )
+    placement: Literal["pack", "spread"] = _default(EngineConfig, "placement")
+
+
+class EngineSettings(_Section):
+    """Each replica's engine (worker/config.py EngineConfig says what each key does)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _default(EngineConfig, "dtype")
+    load_format: Literal["safetensors", "dummy"] = _default(EngineConfig, "load_format")
+    block_size: PositiveInt = _default(EngineConfig, "block_size")
+    kv_cache_mb: PositiveInt = Field(
+        default=_default(EngineConfig, "kv_cache_bytes") >> 20,
+        description="KV cache per rank, in MiB (ignored when num_kv_blocks is set)",
+    )
+    num_kv_blocks: PositiveInt | None = _default(EngineConfig, "num_kv_blocks")
+    max_num_seqs: PositiveInt = _default(EngineConfig, "max_num_seqs")
+    max_num_batched_tokens: PositiveInt = _default(EngineConfig, "max_num_batched_tokens")
+    max_model_len: PositiveInt | None = _default(EngineConfig, "max_model_len")
+    enable_prefix_caching: bool = _default(EngineConfig, "enable_prefix_caching")
+    seed: int = _default(EngineConfig, "seed")
+    step_timeout_s: PositiveFloat = _default(EngineConfig, "step_timeout_s")
+    enforce_eager: bool = _default(EngineConfig, "enforce_eager")
+    async_scheduling: bool | None = _default(EngineConfig, "async_scheduling")
+    torch_threads: PositiveInt | None = Field(
+        default=1,
+        description="intra-op threads per replica (null: torch's default, all cores; "
+        "replicas sharing a node's cores would oversubscribe them)",
+    )
+
+
+class AutoscalingSettings(_Section):
+    """Queue-depth autoscaling of one pool (cluster/autoscaling_policy.py). A pool scales up when
+    its replicas' waiting requests, or waiting prefill tokens, exceed their per-replica targets,
+    or (when ``ttft_p90_target_s`` is set) when the p90 time to first token does; it scales
+    down only while all of them are at most half their targets and the requests in flight fit
+    in fewer replicas at ``target_running_per_replica`` each."""
+
+    min_replicas: PositiveInt = 1
+    max_replicas: PositiveInt = 4
+    target_waiting_per_replica: PositiveFloat = 2.0
+    target_prefill_tokens_per_replica: PositiveInt = 4096
+    target_running_per_replica: PositiveFloat = 32.0
+    ttft_p90_target_s: PositiveFloat | None = None
+    ttft_window_s: PositiveFloat = Field(
+        default=30.0, description="the window each replica measures its p90 TTFT over"
+    )
+    upscale_delay_s: NonNegativeFloat = 10.0
+    downscale_delay_s: NonNegativeFloat = 300.0
+    look_back_period_s: PositiveFloat = Field(
+        default=10.0, description="Serve averages each replica's reports over this window"
+    )
+    metrics_interval_s: PositiveFloat = Field(
+        default=2.0, description="how often each replica reports its queue to Serve"
+    )
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> AutoscalingSettings:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"look_back_period_s ({self.look_back_period_s}) must be greater than "
+                f"metrics_interval_s ({self.metrics_interval_s})"
+            )
+        return self
+
+
+class Pool(_Section):
+    """A set of identical replicas."""
+
+    replicas: PositiveInt = Field(
+        default=2, description="the replica count, or the initial one when autoscaling"
+    )
+    parallelism: Parallelism = Parallelism()
+    engine: EngineSettings = EngineSettings()
+    autoscaling: AutoscalingSettings | None = None
+    cpus_per_replica: NonNegativeFloat = Field(
+        default=0.0,
+        description="CPUs Ray reserves per replica (0: replicas share the cores; "
+        "engine.torch_threads bounds each)",
+    )
+    max_ongoing_requests: PositiveInt = Field(
+        default=256, description="requests Serve sends one replica at a time"
+    )
+    drain_grace_s: PositiveFloat = Field(
+        default=60.0,
+        description="a replica being stopped takes no new requests and gets this long to "
+        "finish those in flight",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Pool:
+        split = self.parallelism.layer_split
+        if split is not None and len(split) != self.parallelism.pipeline:
+            raise ValueError(
+                f"parallelism.layer_split has {len(split)} stages, parallelism.pipeline is "
+                f"{self.parallelism.pipeline}"
+            )
+        scaling = self.autoscaling
+        if scaling is not None:
+            if not scaling.min_replicas <= self.replicas <= scaling.max_replicas:
+                raise ValueError(
+                    f"replicas ({self.replicas}) must be within autoscaling.min_replicas.."
+                    f"autoscaling.max_replicas ({scaling.min_replicas}..{scaling.max_replicas})"
+                )
+            if scaling.target_running_per_replica > self.engine.max_num_seqs:
+                raise ValueError(
+                    "autoscaling.target_running_per_replica "
+                    f"({scaling.target_running_per_replica:g}) must be <= engine.max_num_seqs "
+                    f"({self.engine.max_num_seqs}): replicas would queue at that load"
+                )
+        try:  # what only the engine's own checks know (block_size a power of two, say)
+            self.engine_config(Path("."))
+        except ValueError as exc:
+            raise ValueError(f"engine: {exc}") from None
+        return self
+
+    def engine_config(self, model: Path) -> EngineConfig:
+        engine = self.engine.model_dump(exclude={"kv_cache_mb", "torch_threads"})
+        return EngineConfig(
+            model=model,
+            kv_cache_bytes=self.engine.kv_cache_mb << 20,
+            tensor_parallel_size=self.parallelism.tensor,
+            pipeline_parallel_size=self.parallelism.pipeline,
+            layer_split=self.parallelism.layer_split,
+            placement=self.parallelism.placement,
+            **engine,
+        )
+
+
+class Pools(_Section):
+    colocated: Pool = Pool()
+
+
+class RouterSettings(_Section):
+    """The front doors (gRPC and the OpenAI HTTP API) and the routing policy."""
+
+    policy: Literal["kvfleet", "round_robin"] = "kvfleet"
+    host: str = Field(default="127.0.0.1", min_length=1)
+    grpc_port: int = Field(default=50051, ge=1, le=65535)
+    http_port: int = Field(default=8000, ge=0, le=65535, description="0: no HTTP front door")
+    chat_template: Path | None = None
+    request_timeout_s: PositiveFloat | None = None
+    max_queued_requests: PositiveInt = 1024
+    stats_period_s: PositiveFloat = Field(
+        default=0.2, description="how often each replica reports its load to the routers"
+    )
+    max_index_mb: PositiveInt = _default(RouterConfig, "max_index_bytes") >> 20
+
+    @model_validator(mode="after")
+    def _ports(self) -> RouterSettings:
+        if self.http_port == self.grpc_port:
+            raise ValueError(f"http_port and grpc_port are both {self.grpc_port}")
+        return self
+
+    @field_validator("chat_template")
+    @classmethod
+    def _template_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        return path
+
+    def router_config(self, block_size: int) -> RouterConfig:
+        return RouterConfig(block_size=block_size, max_index_bytes=self.max_index_mb << 20)
+
+
+class RedisSettings(_Section):
+    url: str | None = Field(
+        default=None, description="null: `kvfleet up` starts a redis-server on loopback"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parse_url(url)  # its ValueError says what is wrong
+        return url
+
+
+class RaySettings(_Section):
+    address: str | None = Field(default=None, description="null: start a local Ray")
+    num_cpus: PositiveInt | None = Field(default=None, description="for a local Ray")
+
+
+class ClusterConfig(_Section):
+    """Everything `kvfleet up` deploys."""
+
+    model: Path
+    app_name: str = Field(default="kvfleet", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    pools: Pools = Pools()
+    router: RouterSettings = RouterSettings()
+    redis: RedisSettings = RedisSettings()
+    ray: RaySettings = RaySettings()
+
+    @property
+    def pool(self) -> Pool:
+        """The colocated pool (the only kind until disaggregated pools land)."""
+        return self.pools.colocated
+
+    def engine_config(self) -> EngineConfig:
+        return self.pool.engine_config(self.model)
+
+
+def load(data: dict[str, Any]) -> ClusterConfig:
+    """Validate a config; ConfigError names every bad key and what it allows."""
+    try:
+        return ClusterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+
+
+def load_file(path: Path, overrides: dict[str, Any] | None = None) -> ClusterConfig:
+    """A YAML file, with ``overrides`` (dotted keys, as ``--set`` gives them) on top."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return load(merge(data, overrides or {}))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def merge(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with each dotted key of ``overrides`` set (a copy; sections made as needed)."""
+    merged = _copy(data)
+    for dotted, value in overrides.items():
+        node = merged
+        *parents, leaf = dotted.split(".")
+        for i, key in enumerate(parents):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(f"{dotted}: {where} is {child!r}, not a section")
+            node = child
+        node[leaf] = value
+    return merged
+
+
+def parse_set(assignments: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs (``--set``), each value read as YAML (``3``, ``true``, ``null``)."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(text) if text else ""
+    return overrides
+
+
+def json_schema() -> dict[str, Any]:
+    """The cluster config's JSON Schema."""
+    return ClusterConfig.model_json_schema()
+
+
+def _copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def _explain(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(_fields_at(error["loc"][:-1])))
+            problems.append(f"{key}: unknown key (allowed here: {allowed})")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {message}")
+    return "; ".join(problems)
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the section at ``loc`` allows."""
+    model: type[BaseModel] = ClusterConfig
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None)]
+        model = cast(type[BaseModel], inner[0])
+    return list(model.model_fields)

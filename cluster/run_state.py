@@ -1,0 +1,64 @@
+"""What a fleet started by `kvfleet up` keeps in its run directory: the config it runs, its
+state once it serves, its log, and the error that stopped it from starting."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.errors import KVFleetError
+
+CONFIG_FILE = "cluster.json"  # the validated cluster config, written by `kvfleet up`
+STATE_FILE = "state.json"
+ERROR_FILE = "error.txt"
+LOG_FILE = "supervisor.log"
+
+
+class FleetError(KVFleetError):
+    """The fleet could not be started or stopped; the message says why."""
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a running fleet left in its run directory."""
+
+    pid: int
+    target: str  # host:port of the gRPC router
+    http_target: str  # host:port of its OpenAI HTTP API; "" when off
+    ray_address: str
+    redis_url: str
+    app_name: str
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunState | None:
+        path = run_dir / STATE_FILE
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+    def write(self, run_dir: Path) -> None:
+        tmp = run_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(self.__dict__))
+        tmp.replace(run_dir / STATE_FILE)  # readers never see half a file
+
+
+def running_state(run_dir: Path) -> RunState | None:
+    """The state of a fleet that is still running; a stale file (killed process) is removed."""
+    state = RunState.read(run_dir)
+    if state is not None and not process_alive(state.pid):
+        (run_dir / STATE_FILE).unlink(missing_ok=True)
+        return None
+    return state
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (not merely exists: the supervisor outlives `kvfleet up`, so once
+    it exits it may linger as a zombie until something reaps it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
