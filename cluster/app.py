@@ -8,7 +8,7 @@ from typing import Any
 
 from ray import serve
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
-from ray.serve.deployment import Application
+from ray.serve.deployment import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
 from cluster.cluster_config import AutoscalingSettings, ClusterConfig
@@ -25,6 +25,24 @@ DRAIN_CHECK_PERIOD_S = 1.0  # how often a draining replica checks for requests s
 
 def build_app(config: ClusterConfig) -> Application:
     """``config.redis.url`` None runs the routers on their predicted entries alone."""
+    return engine_deployment(config).bind(*replica_args(config))
+
+
+def replica_args(config: ClusterConfig) -> tuple[Any, ...]:
+    """EngineReplica's constructor arguments."""
+    pool, scaling = config.pool, config.pool.autoscaling
+    ttft_window_s = scaling.ttft_window_s if scaling else None
+    return (
+        config.engine_config(),
+        config.redis.url,
+        config.app_name,
+        pool.engine.torch_threads,
+        ttft_window_s,
+    )
+
+
+def engine_deployment(config: ClusterConfig) -> Deployment:
+    """The pool's Serve deployment, before its replicas' arguments are bound."""
     pool = config.pool
     engine = config.engine_config()
     # A plain dict: pydantic's generated signature confuses mypy.
@@ -39,7 +57,7 @@ def build_app(config: ClusterConfig) -> Application:
         "request_routing_stats_timeout_s": max(1.0, 5 * config.router.stats_period_s),
     }
     scaling = pool.autoscaling
-    deployment = serve.deployment(
+    deployment: Deployment = serve.deployment(
         name=DEPLOYMENT,
         num_replicas="auto" if scaling else pool.replicas,
         autoscaling_config=autoscaling_config(scaling, pool.replicas) if scaling else None,
@@ -52,10 +70,7 @@ def build_app(config: ClusterConfig) -> Application:
         graceful_shutdown_timeout_s=pool.drain_grace_s,
         graceful_shutdown_wait_loop_s=DRAIN_CHECK_PERIOD_S,
     )(EngineReplica)
-    ttft_window_s = scaling.ttft_window_s if scaling else None
-    return deployment.bind(
-        engine, config.redis.url, config.app_name, pool.engine.torch_threads, ttft_window_s
-    )
+    return deployment
 
 
 def autoscaling_config(settings: AutoscalingSettings, initial_replicas: int) -> AutoscalingConfig:

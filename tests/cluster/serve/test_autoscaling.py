@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from ray import serve
@@ -15,7 +14,7 @@ from cluster.app import DEPLOYMENT, deploy
 from cluster.front_door import FrontDoorThread
 from cluster.pool_status import ReplicaCounts, replica_counts
 from cluster.replica import replica_ids
-from router.client import GenerationClient
+from router.load_generator import ClosedLoop
 from tests.cluster.serve.conftest import Fleet
 from tests.net import free_port
 
@@ -68,47 +67,16 @@ def _wait_for(predicate: Callable[[ReplicaCounts], bool], timeout_s: float) -> f
     return time.monotonic() - start
 
 
-class ClosedLoop:
-    """``clients`` threads, each sending its next request as soon as the last finishes, while
-    its index is below ``active`` (lowered to shed load); every answer is kept."""
-
-    def __init__(self, target: str, clients: int) -> None:
-        self.active = clients
-        self.max_tokens = TOKENS
-        # (tokens asked for, tokens received, replica, finish time) of each request
-        self.answered: list[tuple[int, int, str, float]] = []
-        self.client = GenerationClient(target)
-        self.pool = ThreadPoolExecutor(clients)
-        self.futures = [self.pool.submit(self._run, i) for i in range(clients)]
-
-    def _run(self, index: int) -> None:
-        sent = 0
-        while index < self.active:
-            prompt, asked = f"Client {index}, request {sent}: the queue", self.max_tokens
-            responses = list(self.client.generate(prompt, max_tokens=asked, ignore_eos=True))
-            finished = responses[-1].finished
-            got = finished.usage.completion_tokens
-            self.answered.append((asked, got, finished.replica, time.monotonic()))
-            sent += 1
-
-    def stop(self) -> None:
-        self.active = 0
-        for future in self.futures:
-            future.result(timeout=120)  # a request that failed raises here
-        self.pool.shutdown()
-        self.client.close()
-
-
 def test_a_burst_scales_the_pool_up_then_down_losing_nothing(
     autoscaled_pool: FrontDoorThread,
 ) -> None:
     assert replica_counts(APP).running == 1
-    load = ClosedLoop(autoscaled_pool.target, clients=16)
+    load = ClosedLoop(autoscaled_pool.target, 16, lambda i, n: f"Client {i}, request {n}", TOKENS)
     try:
         _wait_for(lambda c: c.running == 2, timeout_s=90)
-        [first] = {replica for _, _, replica, _ in load.answered}
+        [first] = {r.replica for r in load.snapshot()}
         up = time.monotonic()
-        while not any(r != first and t > up for _, _, r, t in load.answered):
+        while not any(r.replica != first and r.finished_at > up for r in load.snapshot()):
             time.sleep(0.1)  # until the new replica has served a request of the burst
         # The burst ends; four clients keep long requests (seconds each) in flight on both
         # replicas (four fit on one at target_running_per_replica).
@@ -117,9 +85,9 @@ def test_a_burst_scales_the_pool_up_then_down_losing_nothing(
         draining = time.monotonic()
         _wait_for(lambda c: c.total == 1, timeout_s=90)  # the drained replica stopped
     finally:
-        load.stop()
-    assert all(asked == got for asked, got, _, _ in load.answered)  # answered, in full
+        results = load.stop()
+    assert all(r.answered for r in results)  # every request answered, in full
     [kept] = replica_ids(APP, DEPLOYMENT)
-    drained = {replica for _, _, replica, _ in load.answered} - {kept}
+    drained = {r.replica for r in results} - {kept}
     # The replica that was stopped finished long requests after it stopped taking new ones.
-    assert any(r in drained and t > draining for _, _, r, t in load.answered), load.answered
+    assert any(r.replica in drained and r.finished_at > draining for r in results), results
