@@ -3,16 +3,22 @@ number of them or as many as its autoscaling policy asks for."""
 
 from __future__ import annotations
 
+import json
+import time
 import warnings
 from typing import Any
 
 from ray import serve
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
+from ray.serve.context import _get_global_client
 from ray.serve.deployment import Application, Deployment
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
 
-from cluster.cluster_config import AutoscalingSettings, ClusterConfig
+from cluster import cluster_config
+from cluster.cluster_config import AutoscalingSettings, ClusterConfig, Pools
 from cluster.replica import EngineReplica
+from worker.errors import KVFleetError
 
 DEPLOYMENT = "engine"
 POLICIES = {
@@ -21,6 +27,19 @@ POLICIES = {
 }
 AUTOSCALING_POLICY = "cluster.autoscaling_policy:QueueDepthPolicy"
 DRAIN_CHECK_PERIOD_S = 1.0  # how often a draining replica checks for requests still in flight
+APP_BUILDER = "cluster.app:app_builder"
+DEPLOY_TIMEOUT_S = 300.0
+SCALE_KEYS = {"min_replicas", "max_replicas"}
+
+
+class DeployError(KVFleetError):
+    """The application did not come up; the message says why."""
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """What Serve imports to build the application (application_schema's import_path): the
+    application of a cluster config, as JSON."""
+    return build_app(cluster_config.load(args))
 
 
 def build_app(config: ClusterConfig) -> Application:
@@ -30,14 +49,13 @@ def build_app(config: ClusterConfig) -> Application:
 
 def replica_args(config: ClusterConfig) -> tuple[Any, ...]:
     """EngineReplica's constructor arguments."""
-    pool, scaling = config.pool, config.pool.autoscaling
-    ttft_window_s = scaling.ttft_window_s if scaling else None
+    pool = config.pool
     return (
         config.engine_config(),
         config.redis.url,
         config.app_name,
         pool.engine.torch_threads,
-        ttft_window_s,
+        (pool.autoscaling or AutoscalingSettings()).ttft_window_s,
     )
 
 
@@ -87,14 +105,74 @@ def autoscaling_config(settings: AutoscalingSettings, initial_replicas: int) -> 
             metrics_interval_s=settings.metrics_interval_s,
             policy=AutoscalingPolicy(
                 policy_function=AUTOSCALING_POLICY,
-                policy_kwargs=settings.model_dump(mode="json"),
+                # The targets alone: Serve restarts the replicas when the policy changes, and
+                # new bounds (`kvfleet scale`) must not.
+                policy_kwargs=settings.model_dump(mode="json", exclude=SCALE_KEYS),
             ),
         )
 
 
-def deploy(config: ClusterConfig) -> DeploymentHandle:
+def application_schema(config: ClusterConfig) -> ServeApplicationSchema:
+    """The application as Serve's declarative config. Its code (import path and arguments) is
+    the cluster config without the pool's scale, which goes into the deployment's options
+    instead: Serve applies a change of those alone in place, keeping the replicas that stay,
+    where any other change rebuilds the application."""
+    pool, scaling = config.pool, config.pool.autoscaling
+    unscaled: dict[str, Any] = {"replicas": 1}
+    if scaling is not None:
+        unscaled["autoscaling"] = scaling.model_copy(update=dict.fromkeys(SCALE_KEYS, 1))
+    unscaled_pool = pool.model_copy(update=unscaled)
+    built_from = config.model_copy(update={"pools": Pools(colocated=unscaled_pool)})
+    if scaling is None:
+        scale: dict[str, Any] = {"num_replicas": pool.replicas}
+    else:
+        serve_config = autoscaling_config(scaling, pool.replicas)
+        scale = {"num_replicas": "auto", "autoscaling_config": serve_config.model_dump()}
+    return ServeApplicationSchema(
+        name=config.app_name,
+        import_path=APP_BUILDER,
+        args=json.loads(built_from.model_dump_json()),
+        route_prefix=None,
+        deployments=[DeploymentSchema(name=DEPLOYMENT, **scale)],
+    )
+
+
+def deploy(config: ClusterConfig, timeout_s: float = DEPLOY_TIMEOUT_S) -> DeploymentHandle:
     """Run the application on the connected Ray cluster (no HTTP proxy: the front doors are
-    kvfleet's own) and wait until its first replicas are up."""
-    serve.start(http_options={"location": "NoServer"})
-    serve.run(build_app(config), name=config.app_name, route_prefix=None)
+    kvfleet's own) and wait until it runs."""
+    apply(application_schema(config), timeout_s)
     return serve.get_deployment_handle(DEPLOYMENT, app_name=config.app_name)
+
+
+def apply(schema: ServeApplicationSchema, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
+    """Deploy or update one application and wait until it runs. Serve's declarative API takes
+    the whole set of applications and deletes those left out: the others deployed that way
+    are passed along unchanged."""
+    serve.start(http_options={"location": "NoServer"})
+    client = _get_global_client()
+    assert client is not None  # serve.start connected it
+    others = [
+        app["deployed_app_config"]
+        for name, app in client.get_serve_details().get("applications", {}).items()
+        if name != schema.name
+        and str(getattr(app["source"], "value", app["source"])) == "declarative"
+        and app.get("deployed_app_config")
+    ]
+    apps = [ServeApplicationSchema.model_validate(app) for app in others]
+    client.deploy_apps(ServeDeploySchema(applications=[*apps, schema]))
+    _wait_until_running(schema.name, timeout_s)
+
+
+def _wait_until_running(app_name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(app_name)
+        status = str(getattr(app.status, "value", app.status)) if app else "NOT_STARTED"
+        if status == "RUNNING":
+            return
+        if status == "DEPLOY_FAILED":
+            message = app.message if app else ""
+            raise DeployError(f"application {app_name!r} failed to deploy: {message}")
+        if time.monotonic() > deadline:
+            raise DeployError(f"application {app_name!r} not running after {timeout_s:.0f} s")
+        time.sleep(0.2)

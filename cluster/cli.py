@@ -1,97 +1,247 @@
-"""The `kvfleet` command line."""
+"""The `kvfleet` command line (typer). Every command that fails says why in one line on stderr
+and exits non-zero: 2 for a bad option, config or state, 1 for a request that failed."""
 
 from __future__ import annotations
 
-import argparse
+import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import typer
 
 from worker.errors import KVFleetError
 
 # A local Ray cluster (`kvfleet up`) turns token authentication on by default, and a process
 # joining it (`kvfleet router`, `kvfleet status`) sends the token only in this mode, which Ray
-# reads once, when it is first imported: so the commands are imported after it is set.
+# reads once, when it is first imported: so Ray is imported only inside the commands.
 RAY_AUTH_MODE = ("RAY_AUTH_MODE", "token")
+RUN_DIR = Path(".kvfleet/run")
+
+app = typer.Typer(
+    name="kvfleet",
+    help="Prefix-cache-aware LLM serving on Ray: start, watch, scale and query a fleet.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+RunDir = Annotated[Path, typer.Option(help="where `kvfleet up` keeps the fleet's state")]
+Target = Annotated[str, typer.Option(help="a front door's gRPC host:port")]
+HTTPPort = Annotated[int, typer.Option(help="the OpenAI HTTP API's port (0: none)")]
+ChatTemplate = Annotated[
+    Path | None, typer.Option(help="a Jinja chat template (default: the model's own)")
+]
+RequestTimeout = Annotated[
+    float | None, typer.Option(help="abort HTTP requests unfinished after this many seconds")
+]
 
 
-def _demo_model(args: argparse.Namespace) -> int:
-    from cluster.demo_model import write_demo_model
+def _one_line_errors(command: F) -> F:
+    """kvfleet's own errors, bad values and OS errors as `kvfleet CMD: error: ...`, exit 2."""
 
-    write_demo_model(Path(args.dir), preset=args.preset, seed=args.seed)
-    print(f"wrote the {args.preset} demo model to {args.dir}")
-    return 0
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (KVFleetError, ValueError, OSError) as exc:
+            name = command.__name__.rstrip("_").replace("_", "-")
+            print(f"kvfleet {name}: error: {exc}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return run  # type: ignore[return-value]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    os.environ.setdefault(*RAY_AUTH_MODE)
-    from cluster import (
-        fleet_status,
-        generate,
-        http_options,
-        local_server,
-        router_process,
-        up,
+@app.command("demo-model")
+@_one_line_errors
+def demo_model(
+    directory: Annotated[Path, typer.Argument(help="output directory (created if missing)")],
+    preset: Annotated[str, typer.Option(help="tiny or small")] = "tiny",
+    seed: int = 0,
+) -> None:
+    """Write a random-weight Llama checkpoint with a locally trained tokenizer."""
+    from cluster.demo_model import PRESETS, write_demo_model
+
+    if preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {', '.join(sorted(PRESETS))}, got {preset!r}")
+    write_demo_model(directory, preset=preset, seed=seed)
+    print(f"wrote the {preset} demo model to {directory}")
+
+
+@app.command()
+@_one_line_errors
+def up(
+    config: Annotated[Path | None, typer.Option(help="a cluster config (YAML)")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE for any key of the cluster config (repeatable)"),
+    ] = None,
+    model: Annotated[Path | None, typer.Option(help="model directory (model)")] = None,
+    replicas: Annotated[int | None, typer.Option(help="replicas, initial when autoscaling")] = None,
+    tp: Annotated[int | None, typer.Option(help="tensor-parallel ranks per replica")] = None,
+    pp: Annotated[int | None, typer.Option(help="pipeline stages per replica")] = None,
+    min_replicas: Annotated[int | None, typer.Option(help="autoscale down to this")] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="autoscale up to this")] = None,
+    kv_cache_mb: Annotated[int | None, typer.Option(help="KV cache per rank, MiB")] = None,
+    torch_threads: Annotated[int | None, typer.Option(help="threads per replica")] = None,
+    host: Annotated[str | None, typer.Option(help="the front doors' address")] = None,
+    port: Annotated[int | None, typer.Option(help="the gRPC front door's port")] = None,
+    http_port: Annotated[int | None, typer.Option(help="the HTTP API's port (0: none)")] = None,
+    chat_template: ChatTemplate = None,
+    request_timeout_s: RequestTimeout = None,
+    policy: Annotated[str | None, typer.Option(help="kvfleet or round_robin")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="default: start one")] = None,
+    app_name: Annotated[str | None, typer.Option(help="the Serve application's name")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray")] = None,
+    ray_address: Annotated[str | None, typer.Option(help="join this Ray cluster")] = None,
+    timeout_s: Annotated[float, typer.Option(help="give up if not serving by then")] = 300.0,
+    run_dir: RunDir = RUN_DIR,
+) -> None:
+    """Start Redis, Ray, the replicas and the front doors in the background; wait until they
+    serve. The config file, then --set, then the flags (each a key of the config)."""
+    from cluster import up as fleet
+
+    flags = {k: v for k, v in locals().items() if k in fleet.FLAG_KEYS}
+    fleet.up(fleet.config_from(config, set_ or [], flags), run_dir, timeout_s)
+
+
+@app.command()
+@_one_line_errors
+def down(run_dir: RunDir = RUN_DIR) -> None:
+    """Stop what `kvfleet up` started."""
+    from cluster import up as fleet
+
+    fleet.down(run_dir)
+
+
+@app.command()
+@_one_line_errors
+def status(
+    output: Annotated[Literal["table", "json"], typer.Option("-o", "--output")] = "table",
+    watch: Annotated[float | None, typer.Option(help="refresh every this many seconds")] = None,
+    run_dir: RunDir = RUN_DIR,
+) -> None:
+    """The pool (replicas ready and desired, queue, KV cache, prefix hits) and each replica."""
+    from cluster import fleet_status
+
+    if watch is not None and not watch > 0:
+        raise ValueError(f"--watch must be a positive number of seconds, got {watch}")
+    fleet_status.run(run_dir, output, watch)
+
+
+@app.command()
+@_one_line_errors
+def scale(
+    pool: Annotated[str, typer.Argument(help="the pool: colocated")],
+    replicas: Annotated[int | None, typer.Option(help="a fixed replica count")] = None,
+    min_: Annotated[int | None, typer.Option("--min", help="autoscale down to this")] = None,
+    max_: Annotated[int | None, typer.Option("--max", help="autoscale up to this")] = None,
+    run_dir: RunDir = RUN_DIR,
+) -> None:
+    """Set a pool's replica count, or its autoscaling bounds, while it serves."""
+    from cluster import scale as scaling
+
+    print(f"kvfleet scale: {scaling.run(run_dir, pool, replicas, min_, max_)}")
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="the prompt text")],
+    target: Target = "127.0.0.1:50051",
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop: Annotated[list[str] | None, typer.Option(help="a stop string (repeatable)")] = None,
+    ignore_eos: bool = False,
+    cache_salt: str = "",
+    timeout: Annotated[float, typer.Option(help="the call's deadline, s")] = 120.0,
+) -> None:
+    """Stream one completion from a running front door."""
+    from cluster import generate as streaming
+    from router.client import Sampling
+
+    sampling = Sampling(
+        max_tokens=max_tokens, temperature=temperature, stop=stop or [], ignore_eos=ignore_eos
     )
-    from cluster.demo_model import PRESETS
+    if top_p is not None:
+        sampling["top_p"] = top_p
+    if top_k is not None:
+        sampling["top_k"] = top_k
+    if seed is not None:
+        sampling["seed"] = seed
+    raise typer.Exit(streaming.run(target, prompt, sampling, cache_salt, timeout))
 
-    parser = argparse.ArgumentParser(prog="kvfleet", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser(
-        "demo-model", help="write a random-weight Llama checkpoint with a locally trained tokenizer"
-    )
-    demo.add_argument("dir", help="output directory (created if missing)")
-    demo.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_demo_model)
+@app.command()
+def health(target: Target = "127.0.0.1:50051") -> None:
+    """Whether the front door serves (grpc.health.v1); exits 1 when it does not."""
+    from cluster.health import check
 
-    start = commands.add_parser(
-        "up", help="start Redis, a local Ray, N replicas and the gRPC router in the background"
-    )
-    up.add_arguments(start)
-    start.set_defaults(run=up.up)
+    answer = check(target)
+    print(f"kvfleet health: {target} {answer}")
+    raise typer.Exit(0 if answer == "SERVING" else 1)
 
-    stop = commands.add_parser("down", help="stop what `kvfleet up` started")
-    stop.add_argument("--run-dir", type=Path, default=Path(".kvfleet/run"))
-    stop.set_defaults(run=up.down)
 
-    single = commands.add_parser(
-        "serve", help="serve one model in this process, gRPC and HTTP (foreground, no Ray)"
-    )
-    local_server.add_arguments(single)
-    single.set_defaults(run=local_server.run)
+@app.command()
+@_one_line_errors
+def serve(
+    model: Annotated[Path, typer.Option(help="model directory")],
+    name: Annotated[str, typer.Option(help="served model name (default: the directory's)")] = "",
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    max_queued_requests: int = 1024,
+    http_port: HTTPPort = 8000,
+    chat_template: ChatTemplate = None,
+    request_timeout_s: RequestTimeout = None,
+) -> None:
+    """Serve one model in this process, gRPC and HTTP, in the foreground (no Ray)."""
+    from cluster import http_options, local_server
 
-    status = commands.add_parser(
-        "status", help="each replica of the running fleet: KV blocks, requests, integrity"
-    )
-    fleet_status.add_arguments(status)
-    status.set_defaults(run=fleet_status.run)
+    http = http_options.make(http_port, chat_template, request_timeout_s, port)
+    local_server.run(model, name, host, port, max_queued_requests, http)
 
-    gen = commands.add_parser("generate", help="stream one completion from a running router")
-    generate.add_arguments(gen)
-    gen.set_defaults(run=generate.run)
 
-    attach = commands.add_parser(
-        "router", help="run one more gRPC router for a running fleet (foreground)"
-    )
-    attach.add_argument("--ray-address", required=True, help="the fleet's Ray GCS address")
-    attach.add_argument("--app-name", default="kvfleet")
-    attach.add_argument("--host", default="127.0.0.1")
-    attach.add_argument("--port", type=int, default=50052)
-    http_options.add_arguments(attach, default_port=8001)
-    attach.set_defaults(run=router_process.run)
-    return parser
+@app.command()
+@_one_line_errors
+def router(
+    ray_address: Annotated[str, typer.Option(help="the fleet's Ray GCS address")],
+    app_name: str = "kvfleet",
+    host: str = "127.0.0.1",
+    port: int = 50052,
+    http_port: HTTPPort = 8001,
+    chat_template: ChatTemplate = None,
+    request_timeout_s: RequestTimeout = None,
+) -> None:
+    """Run one more front door for a running fleet, in the foreground."""
+    from cluster import http_options, router_process
+
+    http = http_options.make(http_port, chat_template, request_timeout_s, port)
+    router_process.run(ray_address, app_name, host, port, http)
+
+
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the cluster config's JSON Schema."""
+    import json
+
+    from cluster.cluster_config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    os.environ.setdefault(*RAY_AUTH_MODE)
     try:
-        code: int = args.run(args)
-    except (KVFleetError, ValueError, OSError) as exc:  # a bad option, model or port
-        parser.exit(2, f"kvfleet {args.command}: error: {exc}\n")
-    return code
+        app(args=argv, prog_name="kvfleet")
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            raise
+    return 0
 
 
 if __name__ == "__main__":

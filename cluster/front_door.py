@@ -73,12 +73,15 @@ class FrontDoorThread:
         host: str = "127.0.0.1",
         port: int = 50051,
         max_queued_requests: int = 1024,
+        http: HTTPOptions = NO_HTTP,
     ) -> None:
         self.target = f"{host}:{port}"
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.front_door = self.run(start_front_door(app_name, host, port, max_queued_requests))
+        self.front_door = self.run(
+            start_front_door(app_name, host, port, max_queued_requests, http)
+        )
 
     def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 60.0) -> T:
         """Run ``coro`` on the router's loop and wait for its result."""

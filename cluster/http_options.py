@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,37 +30,20 @@ class HTTPOptions:
         return ChatTemplate.from_model_dir(model_dir, self.chat_template)
 
 
-def add_arguments(parser: argparse.ArgumentParser, default_port: int) -> None:
-    parser.add_argument(
-        "--http-port",
-        type=int,
-        default=default_port,
-        help=f"the OpenAI-compatible HTTP API's port (default {default_port}; 0: none)",
-    )
-    parser.add_argument(
-        "--chat-template", type=Path, default=None, help="a Jinja chat template file "
-        "(default: the model's chat_template.jinja or tokenizer_config.json template)"
-    )  # fmt: skip
-    parser.add_argument(
-        "--request-timeout-s",
-        type=float,
-        default=None,
-        help="HTTP requests unfinished after this many seconds are aborted (504)",
-    )
-
-
-def from_args(args: argparse.Namespace) -> HTTPOptions:
-    """ValueError naming the bad option."""
-    if not 0 <= args.http_port < 65536:
-        raise ValueError(f"--http-port must be in 0..65535 (0: none), got {args.http_port}")
-    if args.http_port and args.http_port == getattr(args, "port", None):
-        raise ValueError(f"--http-port and --port are both {args.port}")
-    if args.chat_template is not None and not args.chat_template.is_file():
-        raise ValueError(f"--chat-template {args.chat_template}: no such file")
-    timeout = args.request_timeout_s
+def make(
+    http_port: int, chat_template: Path | None, request_timeout_s: float | None, grpc_port: int
+) -> HTTPOptions:
+    """From the command line's flags; ValueError naming the bad one."""
+    if not 0 <= http_port < 65536:
+        raise ValueError(f"--http-port must be in 0..65535 (0: none), got {http_port}")
+    if http_port and http_port == grpc_port:
+        raise ValueError(f"--http-port and --port are both {grpc_port}")
+    if chat_template is not None and not chat_template.is_file():
+        raise ValueError(f"--chat-template {chat_template}: no such file")
+    timeout = request_timeout_s
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"--request-timeout-s must be a positive number, got {timeout}")
-    return HTTPOptions(args.http_port, args.chat_template, timeout)
+    return HTTPOptions(http_port, chat_template, timeout)
 
 
 def from_config(router: RouterSettings) -> HTTPOptions:

@@ -1,12 +1,16 @@
-"""A pool's replicas as Serve counts them: how many run, start or drain."""
+"""A pool's replicas as Serve's controller counts them: how many run, start or drain, and how
+many its autoscaler (or the config) wants."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
-from ray import serve
+from ray.serve.context import _get_global_client
 
 from cluster.app import DEPLOYMENT
+
+_STARTING = ("STARTING", "UPDATING", "RECOVERING", "PENDING_MIGRATION")
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,6 +18,7 @@ class ReplicaCounts:
     running: int  # ready and taking requests
     starting: int  # being placed or loading the model
     stopping: int  # draining: no new requests, those in flight finish
+    desired: int  # Serve's target: the autoscaler's decision, or the fixed count
 
     @property
     def total(self) -> int:
@@ -21,14 +26,26 @@ class ReplicaCounts:
 
 
 def replica_counts(app_name: str) -> ReplicaCounts:
-    """From Serve's status, in a process connected to the Ray cluster."""
-    application = serve.status().applications.get(app_name)
-    if application is None or DEPLOYMENT not in application.deployments:
-        return ReplicaCounts(0, 0, 0)
-    replica_states = application.deployments[DEPLOYMENT].replica_states
-    states = {str(getattr(state, "value", state)): n for state, n in replica_states.items()}
-    return ReplicaCounts(
-        running=states.get("RUNNING", 0),
-        starting=sum(states.get(s, 0) for s in ("STARTING", "UPDATING", "RECOVERING")),
-        stopping=states.get("STOPPING", 0),
+    """In a process connected to the Ray cluster. (Serve's public status has no target count;
+    its controller's instance details, which `serve status` reads too, have it.)"""
+    client = _get_global_client()
+    if client is None:
+        raise RuntimeError("Serve is not running on this Ray cluster")
+    details = client.get_serve_details()
+    deployment = (
+        details.get("applications", {}).get(app_name, {}).get("deployments", {}).get(DEPLOYMENT)
     )
+    if deployment is None:
+        return ReplicaCounts(0, 0, 0, 0)
+    states = Counter(_name(replica["state"]) for replica in deployment["replicas"])
+    return ReplicaCounts(
+        running=states["RUNNING"],
+        starting=sum(states[s] for s in _STARTING),
+        stopping=states["STOPPING"],
+        desired=int(deployment["target_num_replicas"]),
+    )
+
+
+def _name(state: object) -> str:
+    """A ReplicaState (a str enum) or its value, as its value."""
+    return str(getattr(state, "value", state))

@@ -119,6 +119,11 @@ class EngineReplica:
         assert pinned.replica_id == self.replica_id, "routed to the wrong replica"
         return await self.engine.call(_checked_kv_state)
 
+    async def load(self, pinned: Pinned) -> LoadReport:
+        """This replica's load report, for operators."""
+        assert pinned.replica_id == self.replica_id, "routed to the wrong replica"
+        return await self.engine.call(Engine.load_report)
+
     def engine_config(self) -> EngineConfig:
         """What this replica serves with: a router builds its RequestBuilder from it."""
         return self.engine.config

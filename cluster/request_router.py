@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from ray.serve.request_router import (
@@ -28,14 +29,27 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
+from cluster import live_routers
 from cluster.replica import Pinned, load_report
 from router.kv_bus import StreamKeys
 from router.kv_subscriber import KVEventSubscriber
 from router.policy import PrefixAwarePolicy, RouterConfig, RoutingDecision
 from worker.errors import OverloadedError
+from worker.load_report import LoadReport
 from worker.messages import GenerationRequest
 
 _MAX_UNROUTED = 10_000  # decisions awaiting on_request_routed; older ones were abandoned
+
+
+@dataclass(slots=True)
+class RoutingCounts:
+    """What one process's request router decided, for its metrics (cumulative)."""
+
+    prefix: int = 0  # sent where part of the prompt is cached
+    load: int = 0  # no replica caches any of it: sent by load alone
+    overloaded: int = 0  # every replica past its cap: queued on the least loaded
+    rerouted: int = 0  # Serve sent it elsewhere than the policy's pick
+    predicted_cached_tokens: int = 0
 
 
 class PrefixAwareRequestRouter(RequestRouter):
@@ -52,6 +66,8 @@ class PrefixAwareRequestRouter(RequestRouter):
             self.subscriber = KVEventSubscriber(redis_url, keys, self.policy)
         self._unrouted: OrderedDict[str, RoutingDecision] = OrderedDict()
         self._stats_seen: dict[str, int] = {}
+        self.counts = RoutingCounts()
+        live_routers.LIVE[kwargs["namespace"]] = self
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -90,7 +106,13 @@ class PrefixAwareRequestRouter(RequestRouter):
             # Every replica is past its cap: queue on the least loaded rather than fail here;
             # the gRPC layer bounds how many requests wait.
             ranked = sorted(by_id, key=lambda r: self.policy.load(r).queued_tokens)
+            self.counts.overloaded += 1
             return [[by_id[r] for r in ranked]]
+        if decision.cached_tokens:
+            self.counts.prefix += 1
+        else:
+            self.counts.load += 1
+        self.counts.predicted_cached_tokens += decision.cached_tokens
         # Recorded now, not when Serve reports the request routed: Serve decides several
         # pending requests before the first is confirmed, and each must see the ones before.
         request_id = pending_request.metadata.internal_request_id
@@ -111,6 +133,7 @@ class PrefixAwareRequestRouter(RequestRouter):
         if decision is None or actual == decision.replica_id:
             return
         # Serve fell back to a lower rank: move the dispatch to where it went.
+        self.counts.rerouted += 1
         self.policy.release(decision.replica_id, request_id)
         if actual in self.policy.replica_ids:
             cached = {s.replica_id: s.cached_tokens for s in decision.sampled}.get(actual, 0)
@@ -119,6 +142,16 @@ class PrefixAwareRequestRouter(RequestRouter):
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         self.policy.release(replica_id.unique_id, internal_request_id)
+
+    def latest_loads(self) -> dict[str, LoadReport]:
+        """Each replica's load report as Serve last polled it (safe from any thread: the list
+        is copied under the interpreter lock)."""
+        replicas = list(self._replicas.values())
+        return {
+            r.replica_id.unique_id: load_report(r.routing_stats)
+            for r in replicas
+            if r.routing_stats
+        }
 
     def _fold_load_reports(self, replicas: list[RunningReplica], now: float) -> None:
         for replica in replicas:

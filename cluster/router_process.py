@@ -3,19 +3,19 @@ keeps its own index, fed by the replicas' KV events through Redis."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 
 import ray
 
-from cluster import http_options, ray_cluster
+from cluster import ray_cluster
 from cluster.front_door import start_front_door
+from cluster.http_options import HTTPOptions
 
 
-async def _serve(args: argparse.Namespace, http: http_options.HTTPOptions) -> None:
-    router = await start_front_door(args.app_name, args.host, args.port, http=http)
-    print(f"kvfleet router: serving {args.app_name!r}, {router.doors.describe()}", flush=True)
+async def _serve(app_name: str, host: str, port: int, http: HTTPOptions) -> None:
+    router = await start_front_door(app_name, host, port, http=http)
+    print(f"kvfleet router: serving {app_name!r}, {router.doors.describe()}", flush=True)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stopping.set)
@@ -23,13 +23,12 @@ async def _serve(args: argparse.Namespace, http: http_options.HTTPOptions) -> No
     await router.stop()
 
 
-def run(args: argparse.Namespace) -> int:
-    if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
-    http = http_options.from_args(args)
-    ray_cluster.join(args.ray_address)
+def run(ray_address: str, app_name: str, host: str, port: int, http: HTTPOptions) -> None:
+    """Serve until SIGTERM or SIGINT; ValueError or FleetError says what is wrong."""
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {port}")
+    ray_cluster.join(ray_address)
     try:
-        asyncio.run(_serve(args, http))
+        asyncio.run(_serve(app_name, host, port, http))
     finally:
         ray.shutdown()
-    return 0

@@ -14,6 +14,7 @@ CONFIG_FILE = "cluster.json"  # the validated cluster config, written by `kvflee
 STATE_FILE = "state.json"
 ERROR_FILE = "error.txt"
 LOG_FILE = "supervisor.log"
+STAGE_FILE = "stage.txt"  # what the supervisor is doing while it starts
 
 
 class FleetError(KVFleetError):
@@ -62,3 +63,14 @@ def process_alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.exists() and stat.read_text().split(") ", 1)[-1].startswith("Z"))
+
+
+def write_stage(run_dir: Path, stage: str) -> None:
+    tmp = run_dir / f".{STAGE_FILE}.tmp"
+    tmp.write_text(stage)
+    tmp.replace(run_dir / STAGE_FILE)
+
+
+def read_stage(run_dir: Path) -> str:
+    path = run_dir / STAGE_FILE
+    return path.read_text() if path.exists() else "starting"

@@ -14,10 +14,13 @@ from collections.abc import AsyncGenerator
 from typing import cast
 
 import ray.exceptions
+from prometheus_client.registry import Collector
 from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from cluster import live_routers
+from cluster.router_metrics import RouterCollector
 from router.backend import Backend
 from worker.errors import (
     DuplicateRequestError,
@@ -26,6 +29,7 @@ from worker.errors import (
     OverloadedError,
     WorkerFailedError,
 )
+from worker.load_report import LoadReport
 from worker.messages import GenerationRequest, RequestOutput
 from worker.request_builder import RequestBuilder
 
@@ -113,6 +117,13 @@ class ServeBackend(Backend):
 
     def healthy(self) -> bool:
         return self.num_running_replicas > 0
+
+    async def load_reports(self) -> dict[str, LoadReport]:
+        router = live_routers.LIVE.get(self.app_name)
+        return router.latest_loads() if router is not None else {}
+
+    def metrics_collectors(self) -> list[Collector]:
+        return [RouterCollector(self.app_name, lambda: len(self._running))]
 
     async def _poll_status(self) -> None:
         while True:

@@ -24,16 +24,19 @@ from cluster.app import deploy
 from cluster.cluster_config import ClusterConfig, RedisSettings
 from cluster.front_door import start_front_door
 from cluster.redis_server import RedisServer
-from cluster.run_state import CONFIG_FILE, ERROR_FILE, STATE_FILE, RunState
+from cluster.run_state import CONFIG_FILE, ERROR_FILE, STAGE_FILE, STATE_FILE, RunState, write_stage
 
 
 async def _serve(config: ClusterConfig, run_dir: Path) -> None:
+    write_stage(run_dir, "starting Ray" if config.ray.address is None else "joining Ray")
     if config.ray.address is None:
         ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False, log_to_driver=False)
     else:
         ray_cluster.join(config.ray.address)
     try:
+        write_stage(run_dir, f"starting {config.pool.replicas} replicas (loading the model)")
         deploy(config)
+        write_stage(run_dir, "opening the front doors")
         http, host = http_options.from_config(config.router), config.router.host
         router = await start_front_door(
             config.app_name, host, config.router.grpc_port, config.router.max_queued_requests, http
@@ -70,6 +73,7 @@ def main() -> None:
     try:
         config = cluster_config.load(json.loads((run_dir / CONFIG_FILE).read_text()))
         if config.redis.url is None:
+            write_stage(run_dir, "starting Redis")
             redis = RedisServer()
             redis.start()
             config = config.model_copy(update={"redis": RedisSettings(url=redis.url)})
@@ -79,6 +83,7 @@ def main() -> None:
         raise
     finally:
         (run_dir / STATE_FILE).unlink(missing_ok=True)
+        (run_dir / STAGE_FILE).unlink(missing_ok=True)
         if redis is not None:
             redis.stop()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -10,6 +9,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from rich.console import Console
 
 from cluster import cluster_config
 from cluster.cluster_config import ClusterConfig
@@ -20,66 +22,58 @@ from cluster.run_state import (
     FleetError,
     RunState,
     process_alive,
+    read_stage,
     running_state,
 )
 
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 POOL = "pools.colocated"
-# The common keys of the cluster config as flags of `kvfleet up` (on top of --config FILE).
-FLAGS = {
-    "model": ("model", Path, "model directory"),
-    "replicas": (f"{POOL}.replicas", int, "replicas (the initial count when autoscaling)"),
-    "tp": (f"{POOL}.parallelism.tensor", int, "tensor-parallel ranks per replica"),
-    "pp": (f"{POOL}.parallelism.pipeline", int, "pipeline stages per replica"),
-    "min_replicas": (f"{POOL}.autoscaling.min_replicas", int, "autoscale, down to this"),
-    "max_replicas": (f"{POOL}.autoscaling.max_replicas", int, "autoscale, up to this"),
-    "kv_cache_mb": (f"{POOL}.engine.kv_cache_mb", int, "KV cache per rank, in MiB"),
-    "torch_threads": (f"{POOL}.engine.torch_threads", int, "intra-op threads per replica"),
-    "host": ("router.host", str, "the front doors' address"),
-    "port": ("router.grpc_port", int, "the gRPC front door's port"),
-    "http_port": ("router.http_port", int, "the OpenAI HTTP API's port (0: none)"),
-    "chat_template": ("router.chat_template", str, "a Jinja chat template file"),
-    "request_timeout_s": ("router.request_timeout_s", float, "abort HTTP requests after this"),
-    "policy": ("router.policy", str, "kvfleet or round_robin"),
-    "redis_url": ("redis.url", str, "default: start redis-server on loopback"),
-    "app_name": ("app_name", str, "the Serve application's name"),
-    "num_cpus": ("ray.num_cpus", int, "CPUs of the local Ray"),
-    "ray_address": ("ray.address", str, "an existing Ray cluster's HOST:PORT (default: local)"),
+# The common keys of the cluster config, as `kvfleet up` flags (on top of --config FILE).
+FLAG_KEYS = {
+    "model": "model",
+    "replicas": f"{POOL}.replicas",
+    "tp": f"{POOL}.parallelism.tensor",
+    "pp": f"{POOL}.parallelism.pipeline",
+    "min_replicas": f"{POOL}.autoscaling.min_replicas",
+    "max_replicas": f"{POOL}.autoscaling.max_replicas",
+    "kv_cache_mb": f"{POOL}.engine.kv_cache_mb",
+    "torch_threads": f"{POOL}.engine.torch_threads",
+    "host": "router.host",
+    "port": "router.grpc_port",
+    "http_port": "router.http_port",
+    "chat_template": "router.chat_template",
+    "request_timeout_s": "router.request_timeout_s",
+    "policy": "router.policy",
+    "redis_url": "redis.url",
+    "app_name": "app_name",
+    "num_cpus": "ray.num_cpus",
+    "ray_address": "ray.address",
 }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="a cluster config (YAML); flags override it")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="set any key of the cluster config, e.g. pools.colocated.replicas=3 (repeatable)",
-    )  # fmt: skip
-    for flag, (key, kind, help_) in FLAGS.items():
-        parser.add_argument(f"--{flag.replace('_', '-')}", type=kind, help=f"{help_} ({key})")
-    parser.add_argument("--run-dir", type=Path, default=Path(".kvfleet/run"))
-
-
-def config_from_args(args: argparse.Namespace) -> ClusterConfig:
-    """The --config file (if any), then --set, then the flags; ConfigError names bad keys."""
-    overrides = cluster_config.parse_set(args.set)
-    for flag, (key, _, _) in FLAGS.items():
-        value = getattr(args, flag)
+def config_from(
+    config_file: Path | None, assignments: list[str], flags: dict[str, Any]
+) -> ClusterConfig:
+    """The file (if any), then each ``--set KEY=VALUE``, then the flags that were given (a
+    FLAG_KEYS name each); ConfigError names every bad key."""
+    overrides = cluster_config.parse_set(assignments)
+    for flag, value in flags.items():
         if value is not None:
-            overrides[key] = str(value) if isinstance(value, Path) else value
-    if args.config is not None:
-        return cluster_config.load_file(args.config, overrides)
+            overrides[FLAG_KEYS[flag]] = str(value) if isinstance(value, Path) else value
+    if config_file is not None:
+        return cluster_config.load_file(config_file, overrides)
     return cluster_config.load(cluster_config.merge({}, overrides))
 
 
-def up(args: argparse.Namespace) -> int:
-    run_dir: Path = args.run_dir
+def up(config: ClusterConfig, run_dir: Path, timeout_s: float = START_TIMEOUT_S) -> None:
+    """Start the fleet in the background and wait, showing each stage, until it serves; a
+    fleet not serving after ``timeout_s`` is stopped."""
     running = running_state(run_dir)
     if running is not None:
         raise FleetError(
             f"already up (pid {running.pid}, router on {running.target}); `kvfleet down` first"
         )
-    config = config_from_args(args)  # bad options fail here, before a process starts
     config = config.model_copy(update={"model": config.model.resolve()})
     if config.ray.address is None and not (config.model / "config.json").is_file():
         raise FleetError(
@@ -98,29 +92,51 @@ def up(args: argparse.Namespace) -> int:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while (state := RunState.read(run_dir)) is None:
-        if process.poll() is not None or time.monotonic() > deadline:
-            if process.poll() is None:
-                process.terminate()
-            error = run_dir / ERROR_FILE
-            detail = error.read_text() if error.exists() else (run_dir / LOG_FILE).read_text()
-            raise FleetError(f"the fleet did not start:\n{detail[-3000:]}")
-        time.sleep(0.2)
+    state = _wait_until_serving(process, run_dir, timeout_s)
     print(
         f"kvfleet up: router on {state.target} (gRPC)"
         + (f" and http://{state.http_target} (OpenAI HTTP)" if state.http_target else "")
         + f", {_replicas(config)} of {config.model}, "
         f"Redis at {state.redis_url} (pid {state.pid}; log {run_dir / LOG_FILE})"
     )
-    return 0
 
 
-def down(args: argparse.Namespace) -> int:
-    state = running_state(args.run_dir)
+def _wait_until_serving(
+    process: subprocess.Popen[bytes], run_dir: Path, timeout_s: float
+) -> RunState:
+    """The supervisor's state once it serves, each stage shown meanwhile (on a terminal)."""
+    console = Console(stderr=True)
+    start = time.monotonic()
+    with console.status("starting") as shown:
+        while (state := RunState.read(run_dir)) is None:
+            stage = read_stage(run_dir)
+            failed = process.poll() is not None
+            if failed or time.monotonic() - start > timeout_s:
+                if not failed:
+                    process.terminate()
+                    process.wait(STOP_TIMEOUT_S)
+                raise FleetError(_start_failure(run_dir, stage, timeout_s if not failed else None))
+            shown.update(f"{stage} ({time.monotonic() - start:.0f} s)")
+            time.sleep(0.2)
+    return state
+
+
+def _start_failure(run_dir: Path, stage: str, timed_out_s: float | None) -> str:
+    """One line: the stage it failed in and why (the error's last line; the rest is logged)."""
+    log = run_dir / LOG_FILE
+    if timed_out_s is not None:
+        return f"not serving after {timed_out_s:.0f} s, still {stage}; stopped it (log: {log})"
+    error = run_dir / ERROR_FILE
+    lines = (error.read_text() if error.exists() else log.read_text()).strip().splitlines()
+    why = lines[-1] if lines else "it exited without a word"
+    return f"the fleet did not start ({stage}): {why} (log: {log})"
+
+
+def down(run_dir: Path) -> None:
+    state = running_state(run_dir)
     if state is None:
         print("kvfleet down: nothing is running")
-        return 0
+        return
     os.kill(state.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while process_alive(state.pid):
@@ -129,7 +145,6 @@ def down(args: argparse.Namespace) -> int:
             raise FleetError(f"pid {state.pid} did not stop in {STOP_TIMEOUT_S:.0f} s; killed")
         time.sleep(0.2)
     print(f"kvfleet down: stopped pid {state.pid}")
-    return 0
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncGenerator
 
+from prometheus_client.registry import Collector
+
 from worker.load_report import LoadReport
 from worker.messages import GenerationRequest, RequestOutput
 from worker.request_builder import RequestBuilder
@@ -37,3 +39,7 @@ class Backend(abc.ABC):
     async def load_reports(self) -> dict[str, LoadReport]:
         """Each engine's latest load report, by engine id, for the metrics; none by default."""
         return {}
+
+    def metrics_collectors(self) -> list[Collector]:
+        """What this backend adds to its front door's /metrics; nothing by default."""
+        return []

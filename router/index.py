@@ -223,6 +223,11 @@ class PrefixIndex:
         """Blocks some replica holds or is predicted to hold."""
         return len(self.blocks.live_slots(self.ticks(now)))
 
+    def num_entries(self) -> int:
+        """Entries in the block table, expired predictions not yet reclaimed included: O(1),
+        and safe to read from another thread (a metrics scrape)."""
+        return len(self.blocks.table)
+
     def memory_bytes(self) -> int:
         """Bytes of the index's tables: what ``max_bytes`` caps."""
         return self.blocks.nbytes + self.engine.nbytes

@@ -26,7 +26,7 @@ class Intake:
 
     def __init__(self, backend: Backend, threads: int = 2) -> None:
         self.backend = backend
-        self.metrics = ServingMetrics(backend.model_name)
+        self.metrics = ServingMetrics(backend.model_name, backend.metrics_collectors())
         self._pool = ThreadPoolExecutor(threads, "kvfleet-tokenize")
 
     def close(self) -> None:

@@ -40,6 +40,7 @@ class SubscriberStats:
     resyncs: int = 0  # snapshots applied
     rounds: int = 0  # read rounds done: an XREAD answered (news or its timeout), or an idle wait
     bad_entries: int = 0  # stream entries and snapshots that could not be decoded or applied
+    lag_s: float = 0.0  # the last entry applied: from Redis storing it to the index holding it
 
 
 @dataclass(slots=True)
@@ -198,6 +199,7 @@ class KVEventSubscriber(RedisLoop):
                     break  # unwatched while reading, or forgotten by the policy
                 watch.cursor = entry_id.decode()
                 self._apply_entry(replica_id, fields)
+                self.stats.lag_s = _age_s(watch.cursor)
 
     def _apply_entry(self, replica_id: str, fields: dict[bytes, bytes]) -> None:
         try:
@@ -217,3 +219,8 @@ class KVEventSubscriber(RedisLoop):
     def _forget(self, replica_id: str) -> None:
         _log.warning("replica %s left the policy while watched: unwatching it", replica_id)
         self._watches.pop(replica_id, None)
+
+
+def _age_s(stream_id: str) -> float:
+    """Seconds since Redis stored the entry (its id starts with Redis's clock, in ms)."""
+    return max(0.0, time.time() - int(stream_id.split("-", 1)[0]) / 1000)

@@ -11,7 +11,7 @@ KV cache usage, prefix cache queries and hits (cumulative token counts), and the
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -40,7 +40,7 @@ E2E_BUCKETS = (
 class ServingMetrics:
     """One registry per front door process; ``metered`` wraps each backend stream."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, collectors: Sequence[Collector] = ()) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry()
         labels = ["model_name"]
@@ -70,8 +70,15 @@ class ServingMetrics:
             "vllm:request_success", "Finished requests by finish reason.",
             [*labels, "finished_reason"], registry=self.registry,
         )  # fmt: skip
+        self.cached_tokens = Counter(
+            "kvfleet_cached_tokens",
+            "Prompt tokens the serving engine found in its prefix cache, per finished request.",
+            registry=self.registry,
+        )
         self._engines = _EngineCollector(model_name)
         self.registry.register(self._engines)
+        for collector in collectors:
+            self.registry.register(collector)
 
     async def metered(
         self, stream: AsyncIterator[RequestOutput]
@@ -97,6 +104,7 @@ class ServingMetrics:
                 if output.finished:
                     self.e2e.labels(model).observe(now - start)
                     self.prompt_tokens.labels(model).inc(output.num_prompt_tokens)
+                    self.cached_tokens.inc(output.num_cached_tokens)
                     self.finished.labels(model, output.finish_reason or "unknown").inc()
                 yield output
         finally:
@@ -115,7 +123,7 @@ class ServingMetrics:
 class _EngineCollector(Collector):
     """Engine gauges and counters from load reports, labelled by engine as vLLM labels them."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, collectors: Sequence[Collector] = ()) -> None:
         self.model_name = model_name
         self.loads: dict[str, LoadReport] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -90,6 +91,35 @@ def test_router_without_a_cluster_says_so_at_once(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["status", "-o", "json"], ["scale", "colocated", "--replicas", "2"]],
+)
+def test_commands_on_a_fleet_that_is_not_up_say_so_in_one_line(
+    command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--run-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == f"kvfleet {command[0]}: error: nothing is running from {tmp_path}; " \
+        "`kvfleet up` first\n"  # fmt: skip
+
+
+def test_health_of_nothing_listening_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    target = f"127.0.0.1:{free_port()}"
+    with pytest.raises(SystemExit) as exit_:
+        main(["health", "--target", target])
+    assert exit_.value.code == 1
+    assert capsys.readouterr().out == f"kvfleet health: {target} UNREACHABLE (UNAVAILABLE)\n"
+
+
+def test_config_schema_prints_the_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "ClusterConfig" and "pools" in schema["properties"]
+
+
 def test_down_with_nothing_running_says_so(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -119,15 +149,30 @@ def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
         assert "[length on replica" in done.stderr and "8 generated" in done.stderr
         bad = subprocess.run([*generate, "--top-p", "0", "x"], capture_output=True, text=True)
         assert bad.returncode == 1 and "INVALID_ARGUMENT: sampling.top_p" in bad.stderr
-        status = [*KVFLEET, "status", "--run-dir", str(run_dir)]
+        status = [*KVFLEET, "status", "-o", "json", "--run-dir", str(run_dir)]
         shown = subprocess.run(status, capture_output=True, text=True, timeout=120)
         assert shown.returncode == 0, shown.stderr
-        replicas = [line for line in shown.stdout.splitlines() if "KV blocks" in line]
-        assert len(replicas) == 2 and all("integrity ok" in line for line in replicas)
+        fleet = json.loads(shown.stdout)
+        assert fleet["counts"] == {"running": 2, "starting": 0, "stopping": 0, "desired": 2}
+        replicas = {r["replica_id"] for r in fleet["replicas"]}
+        assert len(replicas) == 2
+        scale = [*KVFLEET, "scale", "colocated", "--run-dir", str(run_dir)]
+        scaled = subprocess.run([*scale, "--replicas", "1"], capture_output=True, text=True)
+        assert scaled.returncode == 0, scaled.stderr
+        assert "pool colocated: 1 replicas" in scaled.stdout
+        fleet = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)
+        assert fleet["counts"]["desired"] == 1
+        assert {r["replica_id"] for r in fleet["replicas"]} < replicas  # one kept, not restarted
+        wrong = subprocess.run([*scale, "--replicas", "1", "--max", "3"], capture_output=True)
+        assert wrong.returncode == 2 and b"either --replicas N, or --min N" in wrong.stderr
+        health = subprocess.run([*KVFLEET, "health", "--target", state.target], capture_output=True)
+        assert health.returncode == 0 and b"SERVING" in health.stdout
     finally:
         subprocess.run([*KVFLEET, "down", "--run-dir", str(run_dir)], check=True, timeout=120)
     assert RunState.read(run_dir) is None
     assert not process_alive(state.pid)
+    gone = subprocess.run([*KVFLEET, "health", "--target", state.target], capture_output=True)
+    assert gone.returncode == 1 and b"UNREACHABLE" in gone.stdout
 
 
 def test_serve_answers_generate_in_process_and_stops_on_sigterm(demo_model_dir: Path) -> None:

@@ -1,0 +1,74 @@
+"""`kvfleet scale`: change a running pool's replica count, or its autoscaling bounds, in place
+(Serve updates the deployment; replicas that stay keep running, those removed are drained)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cluster import cluster_config, ray_cluster
+from cluster.app import deploy
+from cluster.cluster_config import ClusterConfig
+from cluster.run_state import CONFIG_FILE, FleetError, running_state
+
+POOLS = ("colocated",)
+
+
+def scaled(
+    config: ClusterConfig,
+    pool: str,
+    replicas: int | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+) -> ClusterConfig:
+    """``config`` with the pool fixed at ``replicas``, or autoscaling within the new bounds
+    (the others kept); ConfigError names what is wrong."""
+    if pool not in POOLS:
+        raise FleetError(f"no pool {pool!r}; this fleet has: {', '.join(POOLS)}")
+    bounds = min_replicas is not None or max_replicas is not None
+    if (replicas is None) == (not bounds):
+        raise FleetError("give either --replicas N, or --min N and/or --max N")
+    data = json.loads(config.model_dump_json())
+    section: dict[str, Any] = data["pools"][pool]
+    if replicas is not None:
+        section |= {"replicas": replicas, "autoscaling": None}
+    else:
+        scaling = section.get("autoscaling") or {}
+        if min_replicas is not None:
+            scaling["min_replicas"] = min_replicas
+        if max_replicas is not None:
+            scaling["max_replicas"] = max_replicas
+        # A pool that was fixed starts autoscaling from its current count as both bounds.
+        low = scaling.setdefault("min_replicas", min(section["replicas"], max_replicas or 1))
+        high = scaling.setdefault("max_replicas", max(section["replicas"], low))
+        section |= {"autoscaling": scaling, "replicas": min(max(section["replicas"], low), high)}
+    return cluster_config.load(data)
+
+
+def run(
+    run_dir: Path,
+    pool: str,
+    replicas: int | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+) -> str:
+    """Apply it to the fleet running from ``run_dir``; what changed, in one line."""
+    state = running_state(run_dir)
+    if state is None:
+        raise FleetError(f"nothing is running from {run_dir}; `kvfleet up` first")
+    config = cluster_config.load(json.loads((run_dir / CONFIG_FILE).read_text()))
+    new = scaled(config, pool, replicas, min_replicas, max_replicas)
+    running = new.model_copy(update={"redis": cluster_config.RedisSettings(url=state.redis_url)})
+    ray_cluster.join(state.ray_address)
+    try:
+        deploy(running)
+    finally:
+        ray.shutdown()
+    (run_dir / CONFIG_FILE).write_text(new.model_dump_json(indent=2))
+    scaling = new.pool.autoscaling
+    if scaling is None:
+        return f"pool {pool}: {new.pool.replicas} replicas"
+    return f"pool {pool}: autoscaling {scaling.min_replicas}..{scaling.max_replicas} replicas"
