@@ -224,6 +224,51 @@ def router(
     router_process.run(ray_address, app_name, host, port, http)
 
 
+@app.command()
+@_one_line_errors
+def bench(
+    target: Target = "127.0.0.1:50051",
+    rate: Annotated[str, typer.Option(help="requests/s, one run each: 1,2,4")] = "1,2,4",
+    arrivals: Annotated[Literal["poisson", "fixed"], typer.Option()] = "poisson",
+    concurrency: Annotated[int, typer.Option(help="requests in flight at most")] = 64,
+    workload: Annotated[Literal["random", "shared-prefix"], typer.Option()] = "random",
+    num_prompts: Annotated[int, typer.Option(help="random: prompts per run")] = 64,
+    input_len: Annotated[int, typer.Option(help="tokens of each prompt's own")] = 256,
+    output_len: Annotated[int, typer.Option(help="tokens generated per request")] = 64,
+    prefix_len: Annotated[int, typer.Option(help="shared-prefix: tokens shared")] = 512,
+    groups: Annotated[int, typer.Option(help="shared-prefix: prefixes")] = 4,
+    prompts_per_group: Annotated[int, typer.Option(help="shared-prefix: prompts each")] = 16,
+    slo_ttft_ms: Annotated[float | None, typer.Option(help="goodput: TTFT at most")] = None,
+    slo_itl_ms: Annotated[float | None, typer.Option(help="goodput: mean ITL at most")] = None,
+    slo_e2e_ms: Annotated[float | None, typer.Option(help="goodput: latency at most")] = None,
+    usd_per_gpu_hour: Annotated[float | None, typer.Option(help="for $/M tokens")] = None,
+    gpus: Annotated[float, typer.Option(help="GPUs the fleet holds, for the cost")] = 1.0,
+    output_json: Annotated[Path | None, typer.Option(help="write the figures here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write latency vs load here (PNG)")] = None,
+    seed: int = 0,
+) -> None:
+    """Load a running front door at each rate; latency percentiles, throughput, goodput, cost."""
+    from cluster import load_bench
+    from router.bench_summary import LatencyTargets
+    from router.load_test import Workload
+
+    try:
+        rates = [float(r) for r in rate.split(",")]
+    except ValueError:
+        raise ValueError(f"--rate must be numbers separated by commas, got {rate!r}") from None
+    if workload == "random":
+        shape = Workload(input_len, output_len, 0, 1, num_prompts)
+    else:
+        shape = Workload(input_len, output_len, prefix_len, groups, prompts_per_group)
+    targets = LatencyTargets(*(None if ms is None else ms / 1000 for ms in
+                               (slo_ttft_ms, slo_itl_ms, slo_e2e_ms)))  # fmt: skip
+    plan = load_bench.LoadPlan(
+        target, rates, arrivals == "poisson", concurrency, shape, targets, usd_per_gpu_hour, gpus,
+        seed,
+    )  # fmt: skip
+    load_bench.run(plan, output_json, plot)
+
+
 @app.command("config-schema")
 def config_schema() -> None:
     """Print the cluster config's JSON Schema."""

@@ -25,11 +25,19 @@ class RedisServer:
     at the same ``url``, empty.
     """
 
-    def __init__(self, port: int | None = None, binary: str = "redis-server") -> None:
+    def __init__(
+        self, port: int | None = None, binary: str = "redis-server", parent_dir: Path | None = None
+    ) -> None:
         self.port = port or _free_port()
         self.binary = binary
+        self.parent_dir = parent_dir  # where its directory goes (default: the system's temp)
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        """The server's pid; 0 when it is not running."""
+        return self._process.pid if self._process is not None else 0
 
     @property
     def url(self) -> str:
@@ -44,7 +52,7 @@ class RedisServer:
             raise RedisServerError(
                 f"{self.binary!r} not found on PATH; install it (apt-get install redis-server)"
             )
-        self._dir = Path(tempfile.mkdtemp(prefix="kvfleet-redis-"))
+        self._dir = Path(tempfile.mkdtemp(prefix="kvfleet-redis-", dir=self.parent_dir))
         log = self._dir / "redis.log"
         args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
         args += ["no", "--dir", str(self._dir)]

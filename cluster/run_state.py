@@ -3,6 +3,7 @@ state once it serves, its log, and the error that stopped it from starting."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ CONFIG_FILE = "cluster.json"  # the validated cluster config, written by `kvflee
 STATE_FILE = "state.json"
 ERROR_FILE = "error.txt"
 LOG_FILE = "supervisor.log"
+ROUTER_LOG_FILE = "router.log"
+LAUNCH_FILE = "launch.json"  # written by `kvfleet up` once the supervisor is started
 STAGE_FILE = "stage.txt"  # what the supervisor is doing while it starts
 
 
@@ -31,6 +34,12 @@ class RunState:
     ray_address: str
     redis_url: str
     app_name: str
+    redis_pid: int  # 0: an external Redis
+    router_pid: int
+    router_restarts: int  # times the supervisor restarted the router after it exited
+
+    def with_router(self, pid: int, restarts: int) -> RunState:
+        return dataclasses.replace(self, router_pid=pid, router_restarts=restarts)
 
     @classmethod
     def read(cls, run_dir: Path) -> RunState | None:
@@ -45,13 +54,31 @@ class RunState:
         tmp.replace(run_dir / STATE_FILE)  # readers never see half a file
 
 
+@dataclass(frozen=True)
+class Launch:
+    """What `kvfleet down` needs to stop a fleet, whether it serves, is still starting, or its
+    supervisor crashed: the supervisor's pid (the session of all its processes) and the
+    directory of Ray's and Redis's files."""
+
+    pid: int
+    temp_dir: str
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Launch | None:
+        path = run_dir / LAUNCH_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+    def write(self, run_dir: Path) -> None:
+        tmp = run_dir / f".{LAUNCH_FILE}.tmp"
+        tmp.write_text(json.dumps(self.__dict__))
+        tmp.replace(run_dir / LAUNCH_FILE)
+
+
 def running_state(run_dir: Path) -> RunState | None:
-    """The state of a fleet that is still running; a stale file (killed process) is removed."""
+    """The state of a fleet whose supervisor runs and serves; None otherwise (a crashed
+    fleet's files stay for `kvfleet down` to clean up after)."""
     state = RunState.read(run_dir)
-    if state is not None and not process_alive(state.pid):
-        (run_dir / STATE_FILE).unlink(missing_ok=True)
-        return None
-    return state
+    return state if state is not None and process_alive(state.pid) else None
 
 
 def process_alive(pid: int) -> bool:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -15,11 +18,16 @@ from rich.console import Console
 
 from cluster import cluster_config
 from cluster.cluster_config import ClusterConfig
+from cluster.fleet_processes import session_members, stop_session
 from cluster.run_state import (
     CONFIG_FILE,
     ERROR_FILE,
+    LAUNCH_FILE,
     LOG_FILE,
+    STAGE_FILE,
+    STATE_FILE,
     FleetError,
+    Launch,
     RunState,
     process_alive,
     read_stage,
@@ -74,6 +82,12 @@ def up(config: ClusterConfig, run_dir: Path, timeout_s: float = START_TIMEOUT_S)
         raise FleetError(
             f"already up (pid {running.pid}, router on {running.target}); `kvfleet down` first"
         )
+    launch = Launch.read(run_dir)
+    if launch is not None and session_members(launch.pid):
+        raise FleetError(
+            f"the fleet last started from {run_dir} (pid {launch.pid}) still has processes; "
+            "`kvfleet down` first"
+        )
     config = config.model_copy(update={"model": config.model.resolve()})
     if config.ray.address is None and not (config.model / "config.json").is_file():
         raise FleetError(
@@ -85,20 +99,50 @@ def up(config: ClusterConfig, run_dir: Path, timeout_s: float = START_TIMEOUT_S)
     if router.http_port:
         _check_port_free(router.host, router.http_port)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / ERROR_FILE).unlink(missing_ok=True)
+    for name in (ERROR_FILE, STATE_FILE, STAGE_FILE):
+        (run_dir / name).unlink(missing_ok=True)
     (run_dir / CONFIG_FILE).write_text(config.model_dump_json(indent=2))
-    command = [sys.executable, "-m", "cluster.supervisor", str(run_dir)]
+    # Short, under the system's temp: Ray puts its sockets there (a path of at most 107 bytes).
+    temp_dir = tempfile.mkdtemp(prefix="kvfleet-")
+    command = [sys.executable, "-m", "cluster.supervisor", str(run_dir), temp_dir]
     with open(run_dir / LOG_FILE, "w") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    state = _wait_until_serving(process, run_dir, timeout_s)
+    Launch(process.pid, temp_dir).write(run_dir)
+    try:
+        state = _wait_until_serving(process, run_dir, timeout_s)
+    except FleetError:
+        _stop_fleet(run_dir, grace_s=STOP_TIMEOUT_S)
+        raise
     print(
         f"kvfleet up: router on {state.target} (gRPC)"
         + (f" and http://{state.http_target} (OpenAI HTTP)" if state.http_target else "")
         + f", {_replicas(config)} of {config.model}, "
         f"Redis at {state.redis_url} (pid {state.pid}; log {run_dir / LOG_FILE})"
     )
+
+
+def down(run_dir: Path) -> None:
+    """Stop everything `kvfleet up` started from ``run_dir``: ask the supervisor (it drains the
+    replicas, up to their grace period), then stop whatever its session still holds, and
+    remove its files; also after a crash."""
+    launch = Launch.read(run_dir)
+    if launch is None:
+        print("kvfleet down: nothing is running")
+        return
+    crashed = not process_alive(launch.pid)
+    left, killed = _stop_fleet(run_dir, grace_s=_drain_grace_s(run_dir) + STOP_TIMEOUT_S)
+    if crashed:
+        done = f"the supervisor (pid {launch.pid}) had exited; stopped the {len(left)} "
+        done += "processes it left and removed its files"
+    else:
+        done = f"stopped pid {launch.pid}"
+        if left:
+            done += f" and {len(left)} processes Ray left behind"
+    if killed:
+        done += f" ({len(killed)} killed after ignoring SIGTERM)"
+    print(f"kvfleet down: {done}")
 
 
 def _wait_until_serving(
@@ -112,9 +156,6 @@ def _wait_until_serving(
             stage = read_stage(run_dir)
             failed = process.poll() is not None
             if failed or time.monotonic() - start > timeout_s:
-                if not failed:
-                    process.terminate()
-                    process.wait(STOP_TIMEOUT_S)
                 raise FleetError(_start_failure(run_dir, stage, timeout_s if not failed else None))
             shown.update(f"{stage} ({time.monotonic() - start:.0f} s)")
             time.sleep(0.2)
@@ -132,19 +173,33 @@ def _start_failure(run_dir: Path, stage: str, timed_out_s: float | None) -> str:
     return f"the fleet did not start ({stage}): {why} (log: {log})"
 
 
-def down(run_dir: Path) -> None:
-    state = running_state(run_dir)
-    if state is None:
-        print("kvfleet down: nothing is running")
-        return
-    os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while process_alive(state.pid):
-        if time.monotonic() > deadline:
-            os.killpg(state.pid, signal.SIGKILL)
-            raise FleetError(f"pid {state.pid} did not stop in {STOP_TIMEOUT_S:.0f} s; killed")
-        time.sleep(0.2)
-    print(f"kvfleet down: stopped pid {state.pid}")
+def _stop_fleet(run_dir: Path, grace_s: float) -> tuple[list[int], list[int]]:
+    """SIGTERM to the supervisor, then to what is left in its session (after a crash: all of
+    it), SIGKILL to what ignores that; the files go, the logs stay. The processes left after
+    the supervisor, and those killed."""
+    launch = Launch.read(run_dir)
+    if launch is None:
+        return [], []
+    if process_alive(launch.pid):
+        os.kill(launch.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while process_alive(launch.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    left = session_members(launch.pid)
+    killed = stop_session(launch.pid, grace_s=5.0)
+    shutil.rmtree(launch.temp_dir, ignore_errors=True)
+    for name in (LAUNCH_FILE, STATE_FILE, STAGE_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    return left, killed
+
+
+def _drain_grace_s(run_dir: Path) -> float:
+    """The pool's drain grace period, from the config the fleet was started with."""
+    try:
+        config = cluster_config.load(json.loads((run_dir / CONFIG_FILE).read_text()))
+    except (OSError, ValueError):
+        return 0.0
+    return config.pool.drain_grace_s
 
 
 def _check_port_free(host: str, port: int) -> None:

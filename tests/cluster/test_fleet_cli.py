@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import openai
 import pytest
 
 from cluster.cli import RAY_AUTH_MODE, main
-from cluster.run_state import RunState, process_alive
+from cluster.fleet_processes import session_members
+from cluster.run_state import Launch, RunState, process_alive
 from router.client import GenerationClient
 from tests.net import free_port
 
@@ -133,8 +136,9 @@ def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
     up = [*KVFLEET, "up", "--model", str(demo_model_dir), "--replicas", "2"]
     up += ["--port", str(port), "--run-dir", str(run_dir), "--kv-cache-mb", "16"]
     subprocess.run([*up, "--http-port", str(http_port)], check=True, timeout=300)
-    state = RunState.read(run_dir)
+    state, launch = RunState.read(run_dir), Launch.read(run_dir)
     assert state is not None and state.target == f"127.0.0.1:{port}"
+    assert launch is not None and launch.pid == state.pid
     assert state.http_target == f"127.0.0.1:{http_port}"
     try:
         _chat_once(f"http://{state.http_target}/v1")
@@ -167,10 +171,18 @@ def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
         assert wrong.returncode == 2 and b"either --replicas N, or --min N" in wrong.stderr
         health = subprocess.run([*KVFLEET, "health", "--target", state.target], capture_output=True)
         assert health.returncode == 0 and b"SERVING" in health.stdout
+        # The router is a process of its own: killed, it comes back; the replicas stay.
+        os.kill(state.router_pid, signal.SIGKILL)
+        _wait_for_router_restart(run_dir, state.router_pid)
+        _chat_once(f"http://{state.http_target}/v1")
+        fleet = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)
+        assert {r["replica_id"] for r in fleet["replicas"]} < replicas
     finally:
         subprocess.run([*KVFLEET, "down", "--run-dir", str(run_dir)], check=True, timeout=120)
     assert RunState.read(run_dir) is None
     assert not process_alive(state.pid)
+    assert session_members(state.pid) == []  # Redis, Ray, the router: all stopped
+    assert not Path(launch.temp_dir).exists()
     gone = subprocess.run([*KVFLEET, "health", "--target", state.target], capture_output=True)
     assert gone.returncode == 1 and b"UNREACHABLE" in gone.stdout
 
@@ -200,6 +212,42 @@ def test_serve_with_a_bad_model_directory_says_so(
         main(["serve", "--model", str(tmp_path)])
     assert exit_.value.code == 2
     assert "config.json: not found" in capsys.readouterr().err
+
+
+def _wait_for_router_restart(run_dir: Path, old_pid: int) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        state = RunState.read(run_dir)
+        if state is not None and state.router_pid != old_pid:
+            assert state.router_restarts == 1
+            return
+        assert time.monotonic() < deadline, "the router did not come back"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_down_after_the_supervisor_was_killed_leaves_nothing_behind(
+    demo_model_dir: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    up = [*KVFLEET, "up", "--model", str(demo_model_dir), "--replicas", "1", "--http-port", "0"]
+    subprocess.run([*up, "--port", str(free_port()), "--run-dir", str(run_dir)], check=True)
+    launch = Launch.read(run_dir)
+    assert launch is not None
+    os.kill(launch.pid, signal.SIGKILL)
+    assert session_members(launch.pid)  # Redis, Ray and the router outlive it
+    status = subprocess.run([*KVFLEET, "status", "--run-dir", str(run_dir)], capture_output=True)
+    assert status.returncode == 2 and b"nothing is running" in status.stderr
+    down = subprocess.run(
+        [*KVFLEET, "down", "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=120
+    )
+    assert down.returncode == 0, down.stderr
+    assert f"the supervisor (pid {launch.pid}) had exited; stopped the" in down.stdout
+    assert session_members(launch.pid) == []
+    assert not Path(launch.temp_dir).exists()
+    assert Launch.read(run_dir) is None and RunState.read(run_dir) is None
+    again = subprocess.run([*KVFLEET, "down", "--run-dir", str(run_dir)], capture_output=True)
+    assert b"nothing is running" in again.stdout
 
 
 def _chat_once(base_url: str) -> None:
