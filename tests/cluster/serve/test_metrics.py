@@ -6,15 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import httpx2
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.front_door import FrontDoorThread
 from cluster.http_options import HTTPOptions
 from router.client import GenerationClient
 from tests.cluster.serve.conftest import APP, Fleet
 from tests.net import free_port
+from tests.prometheus import scrape
 
 
 @pytest.fixture(scope="module")
@@ -28,17 +27,6 @@ def door_with_http(fleet: Fleet) -> Iterator[tuple[FrontDoorThread, str]]:
         door.stop()
 
 
-def _scrape(url: str) -> dict[str, float]:
-    response = httpx2.get(url)
-    assert response.status_code == 200
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
-    return samples
-
-
 def _total(samples: dict[str, float], name: str) -> float:
     return sum(v for k, v in samples.items() if k.startswith(f"{name}{{"))
 
@@ -47,14 +35,14 @@ def test_router_and_replica_metrics_move_with_the_traffic(
     door_with_http: tuple[FrontDoorThread, str], fleet: Fleet
 ) -> None:
     door, url = door_with_http
-    before = _scrape(url)
+    before = scrape(url)
     shared = "A system prompt long enough to span several KV blocks, shared by every request. " * 4
     with GenerationClient(door.target) as client:
         for i in range(6):
             list(client.generate(f"{shared}Question {i}?", max_tokens=4, ignore_eos=True))
     fleet.wait_until_idle()
     deadline = time.monotonic() + 10
-    while _total(after := _scrape(url), "vllm:prefix_cache_queries_total") == 0:
+    while _total(after := scrape(url), "vllm:prefix_cache_queries_total") == 0:
         assert time.monotonic() < deadline, "no load report showed the requests"
         time.sleep(0.1)  # replicas report their load every stats_period_s
     engines = {k for k in after if k.startswith("vllm:kv_cache_usage_perc{")}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import httpx2
 import openai
-from prometheus_client.parser import text_string_to_metric_families
 
 from router.client import GenerationClient
+from tests.prometheus import scrape
 from tests.router.http_api.conftest import MODEL_NAME
 from tests.router.serving import RunningServer
 
@@ -21,16 +20,7 @@ ENGINE_METRICS = (
 
 
 def _scrape(server: RunningServer) -> dict[str, float]:
-    """Every sample, by name and labels, e.g. 'vllm:prompt_tokens_total{model_name=demo-tiny}'."""
-    response = httpx2.get(f"{server.base_url}/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
-    return samples
+    return scrape(f"{server.base_url}/metrics")
 
 
 def _get(samples: dict[str, float], name: str, **labels: str) -> float:
