@@ -56,6 +56,7 @@ def replica_args(config: ClusterConfig) -> tuple[Any, ...]:
         config.app_name,
         pool.engine.torch_threads,
         (pool.autoscaling or AutoscalingSettings()).ttft_window_s,
+        None if pool.metrics_port is None else (pool.metrics_host, pool.metrics_port),
     )
 
 

@@ -146,6 +146,16 @@ class Pool(_Section):
     max_ongoing_requests: PositiveInt = Field(
         default=256, description="requests Serve sends one replica at a time"
     )
+    metrics_port: int | None = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="each replica serves its engine's metrics (vLLM's names) at /metrics on "
+        "this port (0: any free one, shown by `kvfleet status`; null: none)",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", min_length=1, description="the replicas' metrics address"
+    )
     drain_grace_s: PositiveFloat = Field(
         default=60.0,
         description="a replica being stopped takes no new requests and gets this long to "

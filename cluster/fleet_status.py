@@ -31,6 +31,7 @@ class ReplicaStatus:
     replica_id: str
     kv: KVState  # taken after the block pool's invariants held
     load: LoadReport
+    metrics: str  # host:port of its /metrics; "" when it has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,10 @@ def fleet_status(state: RunState) -> FleetStatus:
     handle = serve.get_deployment_handle(DEPLOYMENT, app_name=state.app_name)
     replicas = []
     for replica_id, kv in sorted(kv_states(state.app_name).items()):
-        load = handle.load.remote(Pinned(replica_id)).result(timeout_s=QUERY_TIMEOUT_S)
-        replicas.append(ReplicaStatus(replica_id, kv, load))
+        pinned = Pinned(replica_id)
+        load = handle.load.remote(pinned).result(timeout_s=QUERY_TIMEOUT_S)
+        metrics = handle.metrics_address.remote(pinned).result(timeout_s=QUERY_TIMEOUT_S)
+        replicas.append(ReplicaStatus(replica_id, kv, load, metrics))
     counts = replica_counts(state.app_name)
     return FleetStatus(
         state.app_name, state.target, state.http_target, "colocated", counts, replicas
@@ -129,7 +132,7 @@ def render(status: FleetStatus) -> Group:
         f"prefix cache hit rate {status.prefix_hit_rate:.0%}"
     )
     table = Table("replica", "running", "waiting", "prefill tokens", "KV blocks used",
-                  "hit rate", "block pool")  # fmt: skip
+                  "hit rate", "block pool", "metrics")  # fmt: skip
     for r in status.replicas:
         hits = r.load.prefix_hits / r.load.prefix_queries if r.load.prefix_queries else 0.0
         table.add_row(
@@ -140,5 +143,6 @@ def render(status: FleetStatus) -> Group:
             f"{r.kv.num_blocks - r.kv.num_free_blocks}/{r.kv.num_blocks}",
             f"{hits:.0%}",
             "integrity ok",
+            r.metrics or "-",
         )
     return Group(header, table)

@@ -17,6 +17,7 @@ from ray import serve
 from cluster import autoscaling_policy as signals
 from cluster.kv_publisher import KVEventPublisher
 from cluster.latency_window import LatencyWindow
+from cluster.replica_metrics import ReplicaMetricsServer
 from router.kv_bus import StreamKeys
 from worker.async_engine import AsyncEngine
 from worker.config import EngineConfig
@@ -62,6 +63,7 @@ class EngineReplica:
         namespace: str = "kvfleet",
         torch_threads: int | None = None,
         ttft_window_s: float | None = None,
+        metrics_endpoint: tuple[str, int] | None = None,
     ) -> None:
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -75,6 +77,12 @@ class EngineReplica:
         self._stats_seq = 0
         # Times to first token as this replica sees them, for a TTFT-driven autoscaler.
         self.ttft = LatencyWindow(ttft_window_s) if ttft_window_s else None
+        # The engine's metrics under vLLM's names on (host, port) of its own; None: none.
+        self.metrics: ReplicaMetricsServer | None = None
+        if metrics_endpoint is not None:
+            host, port = metrics_endpoint
+            model = engine_config.model.name
+            self.metrics = ReplicaMetricsServer(model, self.replica_id, host, port)
         self.publisher: KVEventPublisher | None = None
         if redis_url is not None:  # Serve runs constructors on the replica's event loop
             self.publisher = KVEventPublisher(
@@ -100,6 +108,8 @@ class EngineReplica:
         """Serve polls this and hands the result to every router's RequestRouter: the load
         report, when it was taken, and a counter so a router folds each report in once."""
         report = await self.engine.call(Engine.load_report)
+        if self.metrics is not None:
+            self.metrics.update(report)
         self._stats_seq += 1
         return {"seq": self._stats_seq, "time": time.time(), "load": dataclasses.asdict(report)}
 
@@ -124,6 +134,11 @@ class EngineReplica:
         assert pinned.replica_id == self.replica_id, "routed to the wrong replica"
         return await self.engine.call(Engine.load_report)
 
+    def metrics_address(self, pinned: Pinned) -> str:
+        """host:port of this replica's /metrics; "" when it has none."""
+        assert pinned.replica_id == self.replica_id, "routed to the wrong replica"
+        return self.metrics.address if self.metrics is not None else ""
+
     def engine_config(self) -> EngineConfig:
         """What this replica serves with: a router builds its RequestBuilder from it."""
         return self.engine.config
@@ -137,6 +152,8 @@ class EngineReplica:
         return await self.engine.call(Engine.drain_kv_events)
 
     def __del__(self) -> None:  # Serve's graceful shutdown hook
+        if self.metrics is not None:
+            self.metrics.stop()
         self.engine.shutdown()
 
 

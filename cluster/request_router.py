@@ -35,7 +35,6 @@ from router.kv_bus import StreamKeys
 from router.kv_subscriber import KVEventSubscriber
 from router.policy import PrefixAwarePolicy, RouterConfig, RoutingDecision
 from worker.errors import OverloadedError
-from worker.load_report import LoadReport
 from worker.messages import GenerationRequest
 
 _MAX_UNROUTED = 10_000  # decisions awaiting on_request_routed; older ones were abandoned
@@ -142,16 +141,6 @@ class PrefixAwareRequestRouter(RequestRouter):
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         self.policy.release(replica_id.unique_id, internal_request_id)
-
-    def latest_loads(self) -> dict[str, LoadReport]:
-        """Each replica's load report as Serve last polled it (safe from any thread: the list
-        is copied under the interpreter lock)."""
-        replicas = list(self._replicas.values())
-        return {
-            r.replica_id.unique_id: load_report(r.routing_stats)
-            for r in replicas
-            if r.routing_stats
-        }
 
     def _fold_load_reports(self, replicas: list[RunningReplica], now: float) -> None:
         for replica in replicas:

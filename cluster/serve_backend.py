@@ -19,7 +19,6 @@ from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from cluster import live_routers
 from cluster.router_metrics import RouterCollector
 from router.backend import Backend
 from worker.errors import (
@@ -29,7 +28,6 @@ from worker.errors import (
     OverloadedError,
     WorkerFailedError,
 )
-from worker.load_report import LoadReport
 from worker.messages import GenerationRequest, RequestOutput
 from worker.request_builder import RequestBuilder
 
@@ -117,10 +115,6 @@ class ServeBackend(Backend):
 
     def healthy(self) -> bool:
         return self.num_running_replicas > 0
-
-    async def load_reports(self) -> dict[str, LoadReport]:
-        router = live_routers.LIVE.get(self.app_name)
-        return router.latest_loads() if router is not None else {}
 
     def metrics_collectors(self) -> list[Collector]:
         return [RouterCollector(self.app_name, lambda: len(self._running))]

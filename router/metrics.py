@@ -75,7 +75,7 @@ class ServingMetrics:
             "Prompt tokens the serving engine found in its prefix cache, per finished request.",
             registry=self.registry,
         )
-        self._engines = _EngineCollector(model_name)
+        self._engines = EngineCollector(model_name)
         self.registry.register(self._engines)
         for collector in collectors:
             self.registry.register(collector)
@@ -120,8 +120,11 @@ class ServingMetrics:
         return generate_latest(self.registry)
 
 
-class _EngineCollector(Collector):
-    """Engine gauges and counters from load reports, labelled by engine as vLLM labels them."""
+class EngineCollector(Collector):
+    """Engine gauges and counters from load reports, labelled by engine as vLLM labels them:
+    on a front door with its engine in the same process (`kvfleet serve`), and on each Serve
+    replica's own endpoint (cluster/replica_metrics.py); a fleet's front doors leave them to
+    the replicas, so that a dashboard summing every target counts each engine once."""
 
     def __init__(self, model_name: str, collectors: Sequence[Collector] = ()) -> None:
         self.model_name = model_name

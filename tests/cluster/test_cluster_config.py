@@ -64,6 +64,10 @@ def test_pool_settings_reach_the_engine_config() -> None:
             "pools.colocated.parallelism.placement: Input should be 'pack' or 'spread'",
         ),
         ({"model": "/m", "router": {"grpc_port": 0}}, "router.grpc_port: Input should be"),
+        (
+            {"model": "/m", "pools": {"colocated": {"metrics_port": 70000}}},
+            "pools.colocated.metrics_port: Input should be less than or equal to 65535",
+        ),
         ({"model": "/m", "app_name": "a b"}, "app_name: String should match pattern"),
         ({"model": "/m", "redis": {"url": "nowhere"}}, "redis.url: Redis URL must specify"),
         (

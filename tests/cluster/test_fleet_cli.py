@@ -160,6 +160,7 @@ def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
         assert fleet["counts"] == {"running": 2, "starting": 0, "stopping": 0, "desired": 2}
         replicas = {r["replica_id"] for r in fleet["replicas"]}
         assert len(replicas) == 2
+        assert all(r["metrics"].startswith("127.0.0.1:") for r in fleet["replicas"])
         scale = [*KVFLEET, "scale", "colocated", "--run-dir", str(run_dir)]
         scaled = subprocess.run([*scale, "--replicas", "1"], capture_output=True, text=True)
         assert scaled.returncode == 0, scaled.stderr
