@@ -123,7 +123,11 @@ def application_schema(config: ClusterConfig) -> ServeApplicationSchema:
     if scaling is not None:
         unscaled["autoscaling"] = scaling.model_copy(update=dict.fromkeys(SCALE_KEYS, 1))
     unscaled_pool = pool.model_copy(update=unscaled)
-    built_from = config.model_copy(update={"pools": Pools(colocated=unscaled_pool)})
+    # The chat template is the front doors' (a file where they run, not where Serve builds).
+    replicas_router = config.router.model_copy(update={"chat_template": None})
+    built_from = config.model_copy(
+        update={"pools": Pools(colocated=unscaled_pool), "router": replicas_router}
+    )
     if scaling is None:
         scale: dict[str, Any] = {"num_replicas": pool.replicas}
     else:

@@ -102,7 +102,10 @@ class QueueDepthPolicy:
         self.targets = AutoscalingSettings.model_validate(settings)
 
     def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
-        signals = signals_from(ctx)
-        if ctx.current_num_replicas == 0:
-            return ctx.target_num_replicas, ctx.policy_state
-        return desired_replicas(signals, self.targets), ctx.policy_state
+        """Serve weighs the answer against its current target, which counts replicas still
+        starting: "stay" and "up" are stated against it, so that replicas on their way are
+        not taken for a wish to shrink."""
+        desired = desired_replicas(signals_from(ctx), self.targets)
+        if desired >= ctx.current_num_replicas:
+            desired = max(desired, ctx.target_num_replicas)
+        return desired, ctx.policy_state

@@ -151,7 +151,8 @@ class Pool(_Section):
         ge=0,
         le=65535,
         description="each replica serves its engine's metrics (vLLM's names) at /metrics on "
-        "this port (0: any free one, shown by `kvfleet status`; null: none)",
+        "this port (0: any free one, shown by `kvfleet status`; null: none). A fixed port "
+        "needs one replica per node (a Kubernetes pod per replica)",
     )
     metrics_host: str = Field(
         default="127.0.0.1", min_length=1, description="the replicas' metrics address"

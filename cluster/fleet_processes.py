@@ -28,6 +28,15 @@ def session_members(session_id: int) -> list[int]:
     return members
 
 
+def leads_a_session(pid: int) -> bool:
+    """Whether ``pid`` runs and leads its session (a supervisor does; a process that reused a
+    dead supervisor's pid most likely does not)."""
+    try:
+        return os.getsid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
 def stop_session(session_id: int, grace_s: float) -> list[int]:
     """SIGTERM every process in the session, SIGKILL those left after ``grace_s``; the pids
     that had to be killed."""

@@ -12,14 +12,15 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.exceptions import RayError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from cluster import ray_cluster
 from cluster.app import DEPLOYMENT
-from cluster.pool_status import ReplicaCounts, replica_counts
-from cluster.replica import KVState, Pinned, replica_ids
+from cluster.pool_status import ReplicaCounts, replica_counts, running_replicas
+from cluster.replica import KVState, Pinned
 from cluster.run_state import FleetError, RunState, running_state
 from worker.load_report import LoadReport
 
@@ -29,9 +30,10 @@ QUERY_TIMEOUT_S = 30.0
 @dataclass(frozen=True, slots=True)
 class ReplicaStatus:
     replica_id: str
-    kv: KVState  # taken after the block pool's invariants held
-    load: LoadReport
+    kv: KVState | None  # taken after the block pool's invariants held; None: no answer
+    load: LoadReport | None
     metrics: str  # host:port of its /metrics; "" when it has none
+    error: str = ""  # why it did not answer (it died meanwhile, say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,18 +47,22 @@ class FleetStatus:
 
     @property
     def waiting(self) -> int:
-        return sum(r.load.num_waiting for r in self.replicas)
+        return sum(load.num_waiting for load in self._loads)
 
     @property
     def kv_usage(self) -> float:
-        blocks = sum(r.kv.num_blocks for r in self.replicas)
-        used = sum(r.kv.num_blocks - r.kv.num_free_blocks for r in self.replicas)
-        return used / blocks if blocks else 0.0
+        kvs = [r.kv for r in self.replicas if r.kv is not None]
+        blocks = sum(kv.num_blocks for kv in kvs)
+        return sum(kv.num_blocks - kv.num_free_blocks for kv in kvs) / blocks if blocks else 0.0
 
     @property
     def prefix_hit_rate(self) -> float:
-        queries = sum(r.load.prefix_queries for r in self.replicas)
-        return sum(r.load.prefix_hits for r in self.replicas) / queries if queries else 0.0
+        queries = sum(load.prefix_queries for load in self._loads)
+        return sum(load.prefix_hits for load in self._loads) / queries if queries else 0.0
+
+    @property
+    def _loads(self) -> list[LoadReport]:
+        return [r.load for r in self.replicas if r.load is not None]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -73,18 +79,25 @@ def kv_states(app_name: str, timeout_s: float = QUERY_TIMEOUT_S) -> dict[str, KV
     handle = serve.get_deployment_handle(DEPLOYMENT, app_name=app_name)
     return {
         replica_id: handle.kv_state.remote(Pinned(replica_id)).result(timeout_s=timeout_s)
-        for replica_id in replica_ids(app_name, DEPLOYMENT)
+        for replica_id in running_replicas(app_name)
     }
 
 
 def fleet_status(state: RunState) -> FleetStatus:
-    """In a process connected to the fleet's Ray cluster."""
+    """In a process connected to the fleet's Ray cluster: each running replica (those starting
+    or draining are counted, not asked)."""
     handle = serve.get_deployment_handle(DEPLOYMENT, app_name=state.app_name)
     replicas = []
-    for replica_id, kv in sorted(kv_states(state.app_name).items()):
+    for replica_id in running_replicas(state.app_name):
         pinned = Pinned(replica_id)
-        load = handle.load.remote(pinned).result(timeout_s=QUERY_TIMEOUT_S)
-        metrics = handle.metrics_address.remote(pinned).result(timeout_s=QUERY_TIMEOUT_S)
+        try:
+            kv = handle.kv_state.remote(pinned).result(timeout_s=QUERY_TIMEOUT_S)
+            load = handle.load.remote(pinned).result(timeout_s=QUERY_TIMEOUT_S)
+            metrics = handle.metrics_address.remote(pinned).result(timeout_s=QUERY_TIMEOUT_S)
+        except (RayError, TimeoutError) as exc:  # it died or stopped since it was listed
+            error = f"no answer: {type(exc).__name__}"
+            replicas.append(ReplicaStatus(replica_id, None, None, "", error))
+            continue
         replicas.append(ReplicaStatus(replica_id, kv, load, metrics))
     counts = replica_counts(state.app_name)
     return FleetStatus(
@@ -134,6 +147,9 @@ def render(status: FleetStatus) -> Group:
     table = Table("replica", "running", "waiting", "prefill tokens", "KV blocks used",
                   "hit rate", "block pool", "metrics")  # fmt: skip
     for r in status.replicas:
+        if r.kv is None or r.load is None:
+            table.add_row(r.replica_id, *["-"] * 5, r.error, "-")
+            continue
         hits = r.load.prefix_hits / r.load.prefix_queries if r.load.prefix_queries else 0.0
         table.add_row(
             r.replica_id,

@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.cluster_config import RouterSettings
 from router.http_api import ChatTemplate, HTTPConfig
 
 
@@ -44,8 +43,3 @@ def make(
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"--request-timeout-s must be a positive number, got {timeout}")
     return HTTPOptions(http_port, chat_template, timeout)
-
-
-def from_config(router: RouterSettings) -> HTTPOptions:
-    """The cluster config's router section (validated there)."""
-    return HTTPOptions(router.http_port, router.chat_template, router.request_timeout_s)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
+
+from router.bench_summary import nearest_rank
 
 
 class LatencyWindow:
@@ -25,5 +26,4 @@ class LatencyWindow:
             self._samples.popleft()
         if not self._samples:
             return None
-        ordered = sorted(seconds for _, seconds in self._samples)
-        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+        return nearest_rank(sorted(seconds for _, seconds in self._samples), q)

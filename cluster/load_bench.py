@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,20 +86,18 @@ def run(plan: LoadPlan, json_path: Path | None, plot_path: Path | None) -> list[
                 summarize(timings, duration, rate, plan.targets, plan.usd_per_gpu_hour, plan.gpus)
             )
     # Piped (to a file, a test), rich would wrap the table at 80 columns.
-    Console(width=None if sys.stdout.isatty() else 200).print(table(summaries))
+    costed = plan.usd_per_gpu_hour is not None
+    Console(width=None if sys.stdout.isatty() else 200).print(table(summaries, costed))
     if json_path is not None:
-        figures = {
-            "plan": dataclasses.asdict(plan),
-            "runs": [dataclasses.asdict(s) for s in summaries],
-        }
-        json_path.write_text(json.dumps(figures, indent=2))
+        runs = [dataclasses.asdict(s) for s in summaries]
+        figures = _json_safe({"plan": dataclasses.asdict(plan), "runs": runs})
+        json_path.write_text(json.dumps(figures, indent=2, allow_nan=False))
     if plot_path is not None:
         plot(summaries, plot_path)
     return summaries
 
 
-def table(summaries: list[Summary]) -> Table:
-    costed = summaries[0].usd_per_m_output_tokens is not None
+def table(summaries: list[Summary], costed: bool) -> Table:
     headers = ["rate/s", "done/s", "out tok/s", "TTFT p50/p90/p99 ms", "ITL p50/p90/p99 ms",
                "E2E p50/p90/p99 ms", "goodput/s", "failed"]  # fmt: skip
     if costed:
@@ -108,8 +107,8 @@ def table(summaries: list[Summary]) -> Table:
         row = [f"{s.rate:g}", f"{s.requests_per_s:.2f}", f"{s.output_tokens_per_s:.0f}",
                _triple(s.ttft_ms), _triple(s.itl_ms), _triple(s.e2e_ms),
                f"{s.goodput_per_s:.2f}", str(s.failed)]  # fmt: skip
-        if costed:
-            row += [f"{s.usd_per_m_input_tokens:.3f}", f"{s.usd_per_m_output_tokens:.3f}"]
+        if costed:  # None: no token of that kind came back
+            row += [_usd(s.usd_per_m_input_tokens), _usd(s.usd_per_m_output_tokens)]
         result.add_row(*row)
     return result
 
@@ -139,3 +138,18 @@ def plot(summaries: list[Summary], path: Path) -> None:
 
 def _triple(ms: dict[str, float]) -> str:
     return "/".join(f"{ms[p]:.0f}" for p in ("p50", "p90", "p99"))
+
+
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _json_safe(value: object) -> object:
+    """NaN (a percentile of nothing) as null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from ray.serve.context import _get_global_client
 
@@ -26,15 +27,8 @@ class ReplicaCounts:
 
 
 def replica_counts(app_name: str) -> ReplicaCounts:
-    """In a process connected to the Ray cluster. (Serve's public status has no target count;
-    its controller's instance details, which `serve status` reads too, have it.)"""
-    client = _get_global_client()
-    if client is None:
-        raise RuntimeError("Serve is not running on this Ray cluster")
-    details = client.get_serve_details()
-    deployment = (
-        details.get("applications", {}).get(app_name, {}).get("deployments", {}).get(DEPLOYMENT)
-    )
+    """In a process connected to the Ray cluster."""
+    deployment = _details(app_name)
     if deployment is None:
         return ReplicaCounts(0, 0, 0, 0)
     states = Counter(_name(replica["state"]) for replica in deployment["replicas"])
@@ -49,3 +43,23 @@ def replica_counts(app_name: str) -> ReplicaCounts:
 def _name(state: object) -> str:
     """A ReplicaState (a str enum) or its value, as its value."""
     return str(getattr(state, "value", state))
+
+
+def running_replicas(app_name: str) -> list[str]:
+    """The ids of the replicas that run (not those starting or draining), sorted."""
+    deployment = _details(app_name)
+    replicas = deployment["replicas"] if deployment is not None else []
+    return sorted(r["replica_id"] for r in replicas if _name(r["state"]) == "RUNNING")
+
+
+def _details(app_name: str) -> dict[str, Any] | None:
+    """The deployment's details from Serve's controller (its public status has no target
+    count; these instance details, which `serve status` reads too, have it)."""
+    client = _get_global_client()
+    if client is None:
+        raise RuntimeError("Serve is not running on this Ray cluster")
+    applications = client.get_serve_details().get("applications", {})
+    deployment: dict[str, Any] | None = (
+        applications.get(app_name, {}).get("deployments", {}).get(DEPLOYMENT)
+    )
+    return deployment

@@ -49,9 +49,7 @@ class RunState:
         return cls(**json.loads(path.read_text()))
 
     def write(self, run_dir: Path) -> None:
-        tmp = run_dir / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(self.__dict__))
-        tmp.replace(run_dir / STATE_FILE)  # readers never see half a file
+        _write_atomically(run_dir / STATE_FILE, json.dumps(self.__dict__))
 
 
 @dataclass(frozen=True)
@@ -69,9 +67,7 @@ class Launch:
         return cls(**json.loads(path.read_text())) if path.exists() else None
 
     def write(self, run_dir: Path) -> None:
-        tmp = run_dir / f".{LAUNCH_FILE}.tmp"
-        tmp.write_text(json.dumps(self.__dict__))
-        tmp.replace(run_dir / LAUNCH_FILE)
+        _write_atomically(run_dir / LAUNCH_FILE, json.dumps(self.__dict__))
 
 
 def running_state(run_dir: Path) -> RunState | None:
@@ -93,11 +89,15 @@ def process_alive(pid: int) -> bool:
 
 
 def write_stage(run_dir: Path, stage: str) -> None:
-    tmp = run_dir / f".{STAGE_FILE}.tmp"
-    tmp.write_text(stage)
-    tmp.replace(run_dir / STAGE_FILE)
+    _write_atomically(run_dir / STAGE_FILE, stage)
 
 
 def read_stage(run_dir: Path) -> str:
     path = run_dir / STAGE_FILE
     return path.read_text() if path.exists() else "starting"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # readers never see half a file

@@ -12,6 +12,7 @@ import ray
 from cluster import cluster_config, ray_cluster
 from cluster.app import deploy
 from cluster.cluster_config import ClusterConfig
+from cluster.pool_status import replica_counts
 from cluster.run_state import CONFIG_FILE, FleetError, running_state
 
 POOLS = ("colocated",)
@@ -23,9 +24,11 @@ def scaled(
     replicas: int | None,
     min_replicas: int | None,
     max_replicas: int | None,
+    current: int | None = None,
 ) -> ClusterConfig:
     """``config`` with the pool fixed at ``replicas``, or autoscaling within the new bounds
-    (the others kept); ConfigError names what is wrong."""
+    (the others kept) from ``current`` replicas (default: the config's count) brought within
+    them; ConfigError names what is wrong."""
     if pool not in POOLS:
         raise FleetError(f"no pool {pool!r}; this fleet has: {', '.join(POOLS)}")
     bounds = min_replicas is not None or max_replicas is not None
@@ -41,10 +44,11 @@ def scaled(
             scaling["min_replicas"] = min_replicas
         if max_replicas is not None:
             scaling["max_replicas"] = max_replicas
-        # A pool that was fixed starts autoscaling from its current count as both bounds.
-        low = scaling.setdefault("min_replicas", min(section["replicas"], max_replicas or 1))
-        high = scaling.setdefault("max_replicas", max(section["replicas"], low))
-        section |= {"autoscaling": scaling, "replicas": min(max(section["replicas"], low), high)}
+        count = section["replicas"] if current is None else current
+        # A pool that was fixed starts autoscaling with its count as the bound not given.
+        low = scaling.setdefault("min_replicas", min(count, max_replicas or 1))
+        high = scaling.setdefault("max_replicas", max(count, low))
+        section |= {"autoscaling": scaling, "replicas": min(max(count, low), high)}
     return cluster_config.load(data)
 
 
@@ -60,14 +64,19 @@ def run(
     if state is None:
         raise FleetError(f"nothing is running from {run_dir}; `kvfleet up` first")
     config = cluster_config.load(json.loads((run_dir / CONFIG_FILE).read_text()))
-    new = scaled(config, pool, replicas, min_replicas, max_replicas)
-    running = new.model_copy(update={"redis": cluster_config.RedisSettings(url=state.redis_url)})
+    scaled(config, pool, replicas, min_replicas, max_replicas)  # bad requests fail before Ray
     ray_cluster.join(state.ray_address)
     try:
-        deploy(running)
+        # Serve restarts an autoscaled pool from its initial count when its bounds change:
+        # start it from the count the autoscaler reached instead.
+        current = replica_counts(config.app_name).desired
+        new = scaled(config, pool, replicas, min_replicas, max_replicas, current)
+        # Recorded first: if the deploy times out, Serve goes on towards the new scale anyway.
+        (run_dir / CONFIG_FILE).write_text(new.model_dump_json(indent=2))
+        redis = cluster_config.RedisSettings(url=state.redis_url)
+        deploy(new.model_copy(update={"redis": redis}))
     finally:
         ray.shutdown()
-    (run_dir / CONFIG_FILE).write_text(new.model_dump_json(indent=2))
     scaling = new.pool.autoscaling
     if scaling is None:
         return f"pool {pool}: {new.pool.replicas} replicas"

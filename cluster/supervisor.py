@@ -33,15 +33,18 @@ from cluster.run_state import (
     ROUTER_LOG_FILE,
     STAGE_FILE,
     STATE_FILE,
+    FleetError,
     RunState,
     write_stage,
 )
 
 WATCH_PERIOD_S = 0.5
+ROUTER_RETRY_S = 5.0
 
 
-class _Stopping(Exception):
-    """SIGTERM or SIGINT arrived: unwind, stopping what was started."""
+class _Stopping(BaseException):
+    """SIGTERM or SIGINT arrived: unwind, stopping what was started (a BaseException, so that
+    no `except Exception` on the way swallows it)."""
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -85,12 +88,20 @@ def _serve(config: ClusterConfig, run_dir: Path, temp_dir: Path, redis_pid: int)
             time.sleep(WATCH_PERIOD_S)
             if router.exited():
                 print(f"the router (pid {router.pid}) exited; restarting it", flush=True)
-                router.start()
+                try:
+                    router.start()
+                except FleetError as exc:  # its port still taken, say: the replicas stay
+                    print(f"{exc}; trying again in {ROUTER_RETRY_S:.0f} s", flush=True)
+                    time.sleep(ROUTER_RETRY_S)
+                    continue
                 state = state.with_router(router.pid, router.restarts)
                 state.write(run_dir)
     finally:
         router.stop()
-        serve.shutdown()  # drains each replica, up to its grace period
+        if config.ray.address is None:
+            serve.shutdown()  # drains each replica, up to its grace period
+        else:  # someone else's cluster: remove our application only (it drains too)
+            serve.delete(config.app_name)
         ray.shutdown()
 
 

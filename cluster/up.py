@@ -18,7 +18,7 @@ from rich.console import Console
 
 from cluster import cluster_config
 from cluster.cluster_config import ClusterConfig
-from cluster.fleet_processes import session_members, stop_session
+from cluster.fleet_processes import leads_a_session, session_members, stop_session
 from cluster.run_state import (
     CONFIG_FILE,
     ERROR_FILE,
@@ -83,12 +83,22 @@ def up(config: ClusterConfig, run_dir: Path, timeout_s: float = START_TIMEOUT_S)
             f"already up (pid {running.pid}, router on {running.target}); `kvfleet down` first"
         )
     launch = Launch.read(run_dir)
-    if launch is not None and session_members(launch.pid):
-        raise FleetError(
-            f"the fleet last started from {run_dir} (pid {launch.pid}) still has processes; "
-            "`kvfleet down` first"
-        )
-    config = config.model_copy(update={"model": config.model.resolve()})
+    if launch is not None:
+        if session_members(launch.pid):
+            raise FleetError(
+                f"the fleet last started from {run_dir} (pid {launch.pid}) still has "
+                "processes; `kvfleet down` first"
+            )
+        shutil.rmtree(launch.temp_dir, ignore_errors=True)  # a crashed fleet's files
+    # Absolute paths: `kvfleet down` and the supervisor may run from another directory.
+    router = config.router
+    template = router.chat_template.resolve() if router.chat_template else None
+    config = config.model_copy(
+        update={
+            "model": config.model.resolve(),
+            "router": router.model_copy(update={"chat_template": template}),
+        }
+    )
     if config.ray.address is None and not (config.model / "config.json").is_file():
         raise FleetError(
             f"model {config.model}: no config.json there "
@@ -112,7 +122,7 @@ def up(config: ClusterConfig, run_dir: Path, timeout_s: float = START_TIMEOUT_S)
     Launch(process.pid, temp_dir).write(run_dir)
     try:
         state = _wait_until_serving(process, run_dir, timeout_s)
-    except FleetError:
+    except (FleetError, KeyboardInterrupt):  # Ctrl-C while it starts stops it too
         _stop_fleet(run_dir, grace_s=STOP_TIMEOUT_S)
         raise
     print(
@@ -180,7 +190,8 @@ def _stop_fleet(run_dir: Path, grace_s: float) -> tuple[list[int], list[int]]:
     launch = Launch.read(run_dir)
     if launch is None:
         return [], []
-    if process_alive(launch.pid):
+    # The pid may have been reused since a crash: ours leads its own session.
+    if process_alive(launch.pid) and leads_a_session(launch.pid):
         os.kill(launch.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while process_alive(launch.pid) and time.monotonic() < deadline:
@@ -194,12 +205,13 @@ def _stop_fleet(run_dir: Path, grace_s: float) -> tuple[list[int], list[int]]:
 
 
 def _drain_grace_s(run_dir: Path) -> float:
-    """The pool's drain grace period, from the config the fleet was started with."""
+    """The pool's drain grace period, as the fleet was started (read as it is: the config is
+    not validated again, its files may be gone)."""
     try:
-        config = cluster_config.load(json.loads((run_dir / CONFIG_FILE).read_text()))
-    except (OSError, ValueError):
+        pool = json.loads((run_dir / CONFIG_FILE).read_text())["pools"]["colocated"]
+        return float(pool["drain_grace_s"])
+    except (OSError, ValueError, KeyError, TypeError):
         return 0.0
-    return config.pool.drain_grace_s
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -80,13 +80,17 @@ def summarize(
     )
 
 
+def nearest_rank(ordered: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of sorted, non-empty ``ordered``, by nearest rank."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
 def _percentiles(seconds: list[float]) -> dict[str, float]:
     """Nearest-rank percentiles in ms; NaN for none (nothing finished)."""
     ordered = sorted(seconds)
     if not ordered:
         return {f"p{p}": math.nan for p in PERCENTILES}
-    rank = {p: max(0, math.ceil(p / 100 * len(ordered)) - 1) for p in PERCENTILES}
-    return {f"p{p}": round(1000 * ordered[rank[p]], 2) for p in PERCENTILES}
+    return {f"p{p}": round(1000 * nearest_rank(ordered, p / 100), 2) for p in PERCENTILES}
 
 
 def _per_million(cost: float | None, tokens: int) -> float | None:

@@ -126,7 +126,7 @@ class EngineCollector(Collector):
     replica's own endpoint (cluster/replica_metrics.py); a fleet's front doors leave them to
     the replicas, so that a dashboard summing every target counts each engine once."""
 
-    def __init__(self, model_name: str, collectors: Sequence[Collector] = ()) -> None:
+    def __init__(self, model_name: str) -> None:
         self.model_name = model_name
         self.loads: dict[str, LoadReport] = {}
 

@@ -110,23 +110,22 @@ def test_a_constant_load_settles_without_flapping(clients: int, ttft_target: flo
     assert pressure_of(final, targets) > DOWN_BAND or replicas <= needed
 
 
-def test_serve_context_sums_replica_reports_and_counts_handle_queues_as_waiting() -> None:
+def _context(
+    current: int, target: int, metrics: dict[str, dict[str, float]], queued: float = 0.0
+) -> AutoscalingContext:
     deployment = DeploymentID(name="engine", app_name="app")
-    a, b = (ReplicaID(unique_id=u, deployment_id=deployment) for u in ("a", "b"))
-    ctx = AutoscalingContext(
+    ids = {u: ReplicaID(unique_id=u, deployment_id=deployment) for m in metrics.values() for u in m}
+    return AutoscalingContext(
         deployment_id=deployment,
         deployment_name="engine",
         app_name="app",
-        current_num_replicas=2,
-        target_num_replicas=2,
-        running_replicas=[a, b],
-        total_num_requests=30,
-        total_queued_requests=5,
+        current_num_replicas=current,
+        target_num_replicas=target,
+        running_replicas=list(ids.values()),
+        total_num_requests=0,
+        total_queued_requests=queued,
         aggregated_metrics={
-            "waiting": {a: 3, b: 1},
-            "prefill_tokens": {a: 500, b: 100},
-            "running": {a: 10, b: 11},
-            "ttft_p90_s": {a: 0.5, b: -1},  # b: no first token in its window
+            name: {ids[u]: value for u, value in values.items()} for name, values in metrics.items()
         },
         raw_metrics=None,
         capacity_adjusted_min_replicas=1,
@@ -137,7 +136,28 @@ def test_serve_context_sums_replica_reports_and_counts_handle_queues_as_waiting(
         current_time=None,
         config=None,
     )
+
+
+POLICY = QueueDepthPolicy(
+    **TARGETS.model_dump(mode="json", exclude={"min_replicas", "max_replicas"})
+)
+
+
+def test_serve_context_sums_replica_reports_and_counts_handle_queues_as_waiting() -> None:
+    metrics = {
+        "waiting": {"a": 3, "b": 1},
+        "prefill_tokens": {"a": 500, "b": 100},
+        "running": {"a": 10, "b": 11},
+        "ttft_p90_s": {"a": 0.5, "b": -1},  # b: no first token in its window
+    }
+    ctx = _context(current=2, target=2, metrics=metrics, queued=5)
     signals = signals_from(ctx)
     assert signals == PoolSignals(2, waiting=9, prefill_tokens=600, running=21, ttft_p90_s=0.5)
-    policy = QueueDepthPolicy(**TARGETS.model_dump(mode="json"))
-    assert policy(ctx) == (5, {})  # 9 waiting / (2 x 2) is 2.25x the target: 2 x 2.25
+    assert POLICY(ctx) == (5, {})  # 9 waiting / (2 x 2) is 2.25x the target: 2 x 2.25
+
+
+def test_replicas_still_starting_are_not_taken_for_a_wish_to_shrink() -> None:
+    steady = {"waiting": {"a": 1, "b": 1}, "running": {"a": 20, "b": 20}}  # within the band
+    assert POLICY(_context(current=2, target=4, metrics=steady)) == (4, {})
+    idle = {"waiting": {"a": 0, "b": 0}, "running": {"a": 1, "b": 0}}
+    assert POLICY(_context(current=2, target=4, metrics=idle)) == (1, {})

@@ -53,3 +53,12 @@ def test_bad_requests_name_the_problem(
     with pytest.raises(error) as raised:
         scaled(FIXED, *args)
     assert message in str(raised.value)
+
+
+def test_new_bounds_start_from_the_count_the_autoscaler_reached() -> None:
+    settings = {"min_replicas": 1, "max_replicas": 8}
+    config = cluster_config.load(
+        {"model": "/m", "pools": {"colocated": {"replicas": 2, "autoscaling": settings}}}
+    )
+    assert scaled(config, "colocated", None, None, 10, current=6).pool.replicas == 6
+    assert scaled(config, "colocated", None, None, 4, current=6).pool.replicas == 4
