@@ -99,6 +99,11 @@ def up(config: ClusterConfig, run_dir: Path, timeout_s: float = START_TIMEOUT_S)
             "router": router.model_copy(update={"chat_template": template}),
         }
     )
+    if config.ray.address is not None and config.redis.url is None:
+        raise FleetError(
+            "--ray-address joins a cluster whose replicas may run on other nodes, which a "
+            "Redis on this machine's loopback would not reach: give --redis-url"
+        )
     if config.ray.address is None and not (config.model / "config.json").is_file():
         raise FleetError(
             f"model {config.model}: no config.json there "

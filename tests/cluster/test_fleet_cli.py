@@ -49,6 +49,7 @@ def _ray_auth_mode_stays_here(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--min-replicas", "3", "--max-replicas", "2"], "max_replicas (2) must be >="),
         (["--set", "novalue"], "--set 'novalue': expected KEY=VALUE"),
         (["--config", "/no/such.yaml"], "/no/such.yaml: No such file"),
+        (["--ray-address", "10.0.0.1:6379"], "--ray-address joins a cluster whose replicas"),
     ],
 )
 def test_bad_up_options_fail_before_anything_starts(
