@@ -20,7 +20,7 @@ class LatencyTargets:
     e2e_s: float | None = None
 
     def met_by(self, timing: Timing) -> bool:
-        if timing.error or timing.ttft_s is None or timing.e2e_s is None:
+        if not timing.answered or timing.ttft_s is None or timing.e2e_s is None:
             return False
         itl = sum(timing.itl_s) / len(timing.itl_s) if timing.itl_s else 0.0
         return (

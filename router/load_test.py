@@ -50,14 +50,51 @@ class Workload:
 
 @dataclass
 class Timing:
-    """One request, as its client saw it (seconds from its scheduled arrival)."""
+    """One request as its client saw it: times in seconds from ``sent_at`` (time.monotonic:
+    its scheduled arrival in an open loop, its sending in a closed one)."""
 
-    prompt_tokens: int
-    ttft_s: float | None = None
-    e2e_s: float | None = None
-    itl_s: list[float] = field(default_factory=list)
+    sent_at: float
+    tokens_asked: int
+    prompt_tokens: int = 0  # as the server counted them (its final message)
+    ttft_s: float | None = None  # None: no token arrived
+    e2e_s: float | None = None  # None: it did not finish
+    itl_s: list[float] = field(default_factory=list)  # an output of k tokens counts k gaps
     output_tokens: int = 0
-    error: str = ""
+    replica: str = ""  # the replica that served it, when routed
+    error: str = ""  # the gRPC status, when it failed
+
+    @property
+    def finished_at(self) -> float | None:
+        return None if self.e2e_s is None else self.sent_at + self.e2e_s
+
+    @property
+    def answered(self) -> bool:
+        """Finished without error, with every token asked for (ignore_eos requests)."""
+        return not self.error and self.e2e_s is not None and self.output_tokens == self.tokens_asked
+
+
+def measure(
+    client: GenerationClient, prompt: str | list[int], max_tokens: int, sent_at: float
+) -> Timing:
+    """Send one ignore_eos request and time its stream."""
+    timing, last = Timing(sent_at, max_tokens), sent_at
+    try:
+        for response in client.generate(prompt, max_tokens=max_tokens, ignore_eos=True):
+            now, count = time.monotonic(), len(response.token_ids)
+            if count:
+                if timing.ttft_s is None:
+                    timing.ttft_s = now - sent_at
+                else:
+                    timing.itl_s += [(now - last) / count] * count
+                last = now
+                timing.output_tokens += count
+            if response.HasField("finished"):
+                timing.prompt_tokens = response.finished.usage.prompt_tokens
+                timing.replica = response.finished.replica
+        timing.e2e_s = time.monotonic() - sent_at
+    except grpc.RpcError as exc:
+        timing.error = exc.code().name
+    return timing
 
 
 def arrival_times(rate: float, count: int, poisson: bool, seed: int = 0) -> list[float]:
@@ -82,7 +119,7 @@ def run_load(
 ) -> tuple[list[Timing], float]:
     """Every prompt once, arriving at ``rate``; the timings and the run's duration."""
     arrivals = arrival_times(rate, len(prompts), poisson, seed)
-    timings = [Timing(len(p)) for p in prompts]
+    timings: list[Timing | None] = [None] * len(prompts)
     finished = 0
     lock = threading.Lock()
     with GenerationClient(target) as client, ThreadPoolExecutor(concurrency) as pool:
@@ -90,7 +127,7 @@ def run_load(
 
         def one(i: int) -> None:
             nonlocal finished
-            _measure(client, prompts[i], output_len, start + arrivals[i], timings[i])
+            timings[i] = measure(client, prompts[i], output_len, start + arrivals[i])
             with lock:
                 finished += 1
                 progress(finished)
@@ -100,23 +137,4 @@ def run_load(
             if delay > 0:
                 time.sleep(delay)
             pool.submit(one, i)
-    return timings, time.monotonic() - start
-
-
-def _measure(
-    client: GenerationClient, prompt: list[int], output_len: int, arrived: float, timing: Timing
-) -> None:
-    last = arrived
-    try:
-        for response in client.generate(prompt, max_tokens=output_len, ignore_eos=True):
-            now, count = time.monotonic(), len(response.token_ids)
-            if count:
-                if timing.ttft_s is None:
-                    timing.ttft_s = now - arrived
-                else:
-                    timing.itl_s += [(now - last) / count] * count
-                last = now
-                timing.output_tokens += count
-        timing.e2e_s = time.monotonic() - arrived
-    except grpc.RpcError as exc:
-        timing.error = exc.code().name
+    return [t for t in timings if t is not None], time.monotonic() - start

@@ -31,7 +31,8 @@ def test_a_shared_prefix_workload_shares_each_groups_prefix_exactly() -> None:
 
 def _timing(ttft: float, gaps: list[float], prompt: int = 10, error: str = "") -> Timing:
     e2e = None if error else ttft + sum(gaps)
-    return Timing(prompt, ttft, e2e, gaps, 1 + len(gaps), error)
+    tokens = 1 + len(gaps)
+    return Timing(0.0, tokens, prompt, ttft, e2e, gaps, tokens, "r0", error)
 
 
 def test_summary_percentiles_goodput_and_cost() -> None:
@@ -49,6 +50,13 @@ def test_summary_percentiles_goodput_and_cost() -> None:
     # 3.6 $/h x 2 GPUs x 10 s = 0.02 $, over 100 input and 102 output tokens
     assert summary.usd_per_m_input_tokens == pytest.approx(200.0)
     assert summary.usd_per_m_output_tokens == pytest.approx(0.02 / 102 * 1e6, rel=1e-4)
+
+
+def test_a_request_cut_short_is_not_answered_nor_good() -> None:
+    cut = _timing(0.1, [0.01] * 3)
+    cut.tokens_asked = 8  # 4 of 8 tokens came back
+    assert not cut.answered and cut.finished_at == pytest.approx(0.13)
+    assert summarize([cut], 1.0, 1.0, LatencyTargets(ttft_s=1.0)).goodput_per_s == 0.0
 
 
 def test_a_run_where_nothing_finished_says_so() -> None:
