@@ -1,5 +1,5 @@
 """Where the policy sends requests, through the real fleet: a shared long prefix to the replica
-that holds it, unique prompts evenly."""
+that holds it, unique prompts over every replica."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ def test_shared_prefix_lands_on_the_replica_that_holds_it(
     fleet.wait_until_idle()
 
 
-def test_unique_prompts_spread_evenly(client: GenerationClient, fleet: Fleet) -> None:
+def test_unique_prompts_spread_over_the_replicas(client: GenerationClient, fleet: Fleet) -> None:
     prompts = [token_prompt(1000 + i, 48) for i in range(16)]
     counts = Counter(f.replica for f in finish_all(client, prompts))
     assert len(counts) == NUM_REPLICAS
-    assert max(counts.values()) <= 1.25 * len(prompts) / NUM_REPLICAS, counts
+    # Not exactly evenly: the policy prices each replica's queue at its own measured prefill
+    # rate, and on a shared 2-core machine two replicas' measurements can differ twofold
+    # (a full suite once split these 11/5). Neither may be left with less than a quarter.
+    assert min(counts.values()) >= len(prompts) / (2 * NUM_REPLICAS), counts
     fleet.wait_until_idle()
