@@ -141,7 +141,9 @@ def _replica_error(exc: ray.exceptions.RayError) -> KVFleetError:
     cause = getattr(exc, "cause", None)
     if isinstance(cause, KVFleetError):
         return cause
-    return WorkerFailedError(f"replica failed: {exc}")
+    # Ray's message names actors, pids and nodes: those stay in the log, not in the answer.
+    _log.warning("a replica failed during a request: %s", exc)
+    return WorkerFailedError("the replica serving this request failed; retry the request")
 
 
 def _aborted(request_id: str, num_prompt_tokens: int, num_output_tokens: int) -> RequestOutput:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from worker.errors import InvalidRequestError
@@ -50,8 +51,10 @@ class SamplingParams:
                 f"{self.max_tokens} tokens after a {num_prompt_tokens}-token prompt exceed the "
                 f"model's context of {limits.max_model_len} (at most {room})",
             )
-        if not self.temperature >= 0.0:  # also rejects NaN
-            raise InvalidRequestError("temperature", f"must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0.0):  # NaN too
+            raise InvalidRequestError(
+                "temperature", f"must be a finite number >= 0, got {self.temperature}"
+            )
         if not 0.0 < self.top_p <= 1.0:
             raise InvalidRequestError("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < -1 or self.top_k == 0:

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.kvfleet.v1 import generation_pb2 as pb
 from router.backend import Backend
 from router.grpc_api.service import GenerationService, pb_grpc
+from router.grpc_api.undecodable import RefuseUndecodable
 from router.intake import Intake
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
@@ -26,7 +27,7 @@ async def serve(intake: Intake, host: str = "127.0.0.1", port: int = 50051) -> g
     event loop that will serve the calls. The intake is the caller's (router/front_doors.py
     shares it with the HTTP front door) and outlives the server."""
     backend = intake.backend
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[RefuseUndecodable()])
     service = GenerationService(intake)
     pb_grpc.add_GenerationServicer_to_server(service, server)
     health = health_aio.HealthServicer()

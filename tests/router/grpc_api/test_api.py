@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,6 +22,7 @@ def _bad_cases(vocab_size: int) -> list[tuple[str, str | list[int], Sampling, st
     return [
         ("empty prompt", "", GOOD, "prompt"),
         ("negative temperature", "hi", {**GOOD, "temperature": -1.0}, "sampling.temperature"),
+        ("infinite temperature", "hi", {**GOOD, "temperature": math.inf}, "sampling.temperature"),
         ("zero top_p", "hi", {**GOOD, "top_p": 0.0}, "sampling.top_p"),
         ("token id out of vocab", [1, vocab_size], GOOD, "token_ids"),
         ("too many stop strings", "hi", {**GOOD, "stop": ["x"] * 17}, "sampling.stop"),
@@ -108,3 +111,37 @@ def test_reflection_lists_the_services(server: RunningServer) -> None:
         [response] = list(stub.ServerReflectionInfo(iter([request])))
         names = {s.name for s in response.list_services_response.service}
     assert {"kvfleet.v1.Generation", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize(
+    ("method", "payload"),
+    [
+        (  # invalid UTF-8 in the prompt text
+            "Generate",
+            pb.GenerateRequest(text="ABCD", sampling=pb.SamplingParameters(max_tokens=2))
+            .SerializeToString()
+            .replace(b"ABCD", b"AB\xff\xfe"),
+        ),
+        ("Generate", b"\xff\xff\xff\xff"),  # not a message at all
+        ("Tokenize", pb.TokenizeRequest(text="ABCD").SerializeToString().replace(b"BC", b"\xc3(")),
+    ],
+)
+def test_undecodable_bytes_get_invalid_argument_and_disturb_nothing(
+    method: str, payload: bytes, client: GenerationClient, server: RunningServer
+) -> None:
+    channel = client.channel
+    kind = channel.unary_stream if method == "Generate" else channel.unary_unary
+    call = kind(
+        f"/kvfleet.v1.Generation/{method}",
+        request_serializer=lambda raw: raw,
+        response_deserializer=lambda raw: raw,
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        answer = call(payload, timeout=10)
+        if method == "Generate":
+            list(answer)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("request: not a valid message: ")
+    responses = list(client.generate("Still serving", **GOOD))
+    assert responses[-1].finished.reason == pb.FINISH_REASON_LENGTH
+    server.wait_until_idle()
