@@ -58,10 +58,11 @@ class RankWorker:
     def param_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.runner.model.parameters())
 
-    def serve(self, control_address: tuple[str, int]) -> None:
+    def serve(self, control_address: tuple[str, int], key: bytes) -> None:
         """Run steps as the driver sends them, until it sends None. A failed step is reported
-        to the driver, then this rank stops: the replica has to be rebuilt anyway."""
-        client = ControlClient(control_address, self.rank)
+        to the driver, then this rank stops: the replica has to be rebuilt anyway. ``key``
+        authenticates the control channel's frames (worker/executor/control.py)."""
+        client = ControlClient(control_address, self.rank, key)
         try:
             while (step := client.receive()) is not None:
                 start = time.perf_counter()

@@ -65,7 +65,8 @@ class RayExecutor(Executor):
                     config.seed,
                 )
             )
-        self._loops = [w.serve.remote(self._control.address) for w in self.workers]
+        control = self._control
+        self._loops = [w.serve.remote(control.address, control.key) for w in self.workers]
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not self._control.accept(self.world_size, timeout_s=1.0):
             self._raise_start_failure()
