@@ -8,11 +8,16 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
 
 from worker.errors import KVFleetError
+
+if TYPE_CHECKING:
+    import grpc
+
+    from router.tls import TLSConfig
 
 # A local Ray cluster (`kvfleet up`) turns token authentication on by default, and a process
 # joining it (`kvfleet router`, `kvfleet status`) sends the token only in this mode, which Ray
@@ -38,6 +43,12 @@ ChatTemplate = Annotated[
 RequestTimeout = Annotated[
     float | None, typer.Option(help="abort HTTP requests unfinished after this many seconds")
 ]
+ClientCA = Annotated[Path | None, typer.Option(help="TLS: the CA to trust (PEM)")]
+ClientCert = Annotated[Path | None, typer.Option(help="mutual TLS: this client's certificate")]
+ClientKey = Annotated[Path | None, typer.Option(help="mutual TLS: this client's key")]
+TLSCert = Annotated[Path | None, typer.Option(help="TLS on both ports: certificate (PEM)")]
+TLSKey = Annotated[Path | None, typer.Option(help="TLS: its private key (PEM)")]
+TLSClientCA = Annotated[Path | None, typer.Option(help="mutual TLS: the clients' CA (PEM)")]
 
 
 def _one_line_errors(command: F) -> F:
@@ -148,6 +159,7 @@ def scale(
 
 
 @app.command()
+@_one_line_errors
 def generate(
     prompt: Annotated[str, typer.Argument(help="the prompt text")],
     target: Target = "127.0.0.1:50051",
@@ -160,6 +172,9 @@ def generate(
     ignore_eos: bool = False,
     cache_salt: str = "",
     timeout: Annotated[float, typer.Option(help="the call's deadline, s")] = 120.0,
+    tls_ca: ClientCA = None,
+    tls_cert: ClientCert = None,
+    tls_key: ClientKey = None,
 ) -> None:
     """Stream one completion from a running front door."""
     from cluster import generate as streaming
@@ -174,15 +189,22 @@ def generate(
         sampling["top_k"] = top_k
     if seed is not None:
         sampling["seed"] = seed
-    raise typer.Exit(streaming.run(target, prompt, sampling, cache_salt, timeout))
+    credentials = _client_credentials(tls_ca, tls_cert, tls_key)
+    raise typer.Exit(streaming.run(target, prompt, sampling, cache_salt, timeout, credentials))
 
 
 @app.command()
-def health(target: Target = "127.0.0.1:50051") -> None:
+@_one_line_errors
+def health(
+    target: Target = "127.0.0.1:50051",
+    tls_ca: ClientCA = None,
+    tls_cert: ClientCert = None,
+    tls_key: ClientKey = None,
+) -> None:
     """Whether the front door serves (grpc.health.v1); exits 1 when it does not."""
     from cluster.health import check
 
-    answer = check(target)
+    answer = check(target, credentials=_client_credentials(tls_ca, tls_cert, tls_key))
     print(f"kvfleet health: {target} {answer}")
     raise typer.Exit(0 if answer == "SERVING" else 1)
 
@@ -198,12 +220,16 @@ def serve(
     http_port: HTTPPort = 8000,
     chat_template: ChatTemplate = None,
     request_timeout_s: RequestTimeout = None,
+    tls_cert: TLSCert = None,
+    tls_key: TLSKey = None,
+    tls_client_ca: TLSClientCA = None,
 ) -> None:
     """Serve one model in this process, gRPC and HTTP, in the foreground (no Ray)."""
     from cluster import http_options, local_server
 
     http = http_options.make(http_port, chat_template, request_timeout_s, port)
-    local_server.run(model, name, host, port, max_queued_requests, http)
+    tls = _tls(tls_cert, tls_key, tls_client_ca)
+    local_server.run(model, name, host, port, max_queued_requests, http, tls)
 
 
 @app.command()
@@ -216,12 +242,16 @@ def router(
     http_port: HTTPPort = 8001,
     chat_template: ChatTemplate = None,
     request_timeout_s: RequestTimeout = None,
+    tls_cert: TLSCert = None,
+    tls_key: TLSKey = None,
+    tls_client_ca: TLSClientCA = None,
 ) -> None:
     """Run one more front door for a running fleet, in the foreground."""
     from cluster import http_options, router_process
 
     http = http_options.make(http_port, chat_template, request_timeout_s, port)
-    router_process.run(ray_address, app_name, host, port, http)
+    tls = _tls(tls_cert, tls_key, tls_client_ca)
+    router_process.run(ray_address, app_name, host, port, http, tls)
 
 
 @app.command()
@@ -277,6 +307,33 @@ def config_schema() -> None:
     from cluster.cluster_config import json_schema
 
     print(json.dumps(json_schema(), indent=2))
+
+
+def _tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> TLSConfig | None:
+    from router.tls import TLSConfig
+
+    if cert is None and key is None and client_ca is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key go together (and --tls-client-ca needs both)")
+    return TLSConfig(cert, key, client_ca)
+
+
+def _client_credentials(
+    ca: Path | None, cert: Path | None, key: Path | None
+) -> grpc.ChannelCredentials | None:
+    """None: plain text."""
+    import grpc
+
+    if ca is None and cert is None and key is None:
+        return None
+    if (cert is None) != (key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    return grpc.ssl_channel_credentials(
+        ca.read_bytes() if ca else None,
+        key.read_bytes() if key else None,
+        cert.read_bytes() if cert else None,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

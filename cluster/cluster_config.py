@@ -36,6 +36,7 @@ from pydantic import (
 from redis.connection import parse_url
 
 from router.policy import RouterConfig
+from router.tls import TLSConfig
 from worker.config import EngineConfig
 from worker.errors import KVFleetError
 
@@ -207,6 +208,22 @@ class Pools(_Section):
     colocated: Pool = Pool()
 
 
+class TLSSettings(_Section):
+    """TLS on both front doors; with ``client_ca_file``, mutual TLS."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> TLSSettings:
+        self.tls_config()  # ValueError names a missing file
+        return self
+
+    def tls_config(self) -> TLSConfig:
+        return TLSConfig(self.cert_file, self.key_file, self.client_ca_file)
+
+
 class RouterSettings(_Section):
     """The front doors (gRPC and the OpenAI HTTP API) and the routing policy."""
 
@@ -221,6 +238,7 @@ class RouterSettings(_Section):
         default=0.2, description="how often each replica reports its load to the routers"
     )
     max_index_mb: PositiveInt = _default(RouterConfig, "max_index_bytes") >> 20
+    tls: TLSSettings | None = None
 
     @model_validator(mode="after")
     def _ports(self) -> RouterSettings:

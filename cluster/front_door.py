@@ -17,6 +17,7 @@ from cluster.app import DEPLOYMENT
 from cluster.http_options import HTTPOptions
 from cluster.serve_backend import ServeBackend
 from router.front_doors import FrontDoors, open_front_doors
+from router.tls import TLSConfig
 from worker.config import EngineConfig
 from worker.request_builder import RequestBuilder
 
@@ -44,6 +45,7 @@ async def start_front_door(
     port: int = 50051,
     max_queued_requests: int = 1024,
     http: HTTPOptions = NO_HTTP,
+    tls: TLSConfig | None = None,
 ) -> FrontDoor:
     """Serve the application's engine deployment on host:port (gRPC) and host:http.port (HTTP).
     The engine configuration comes from a replica, so the front door validates and hashes
@@ -56,7 +58,9 @@ async def start_front_door(
     template = http.chat_template_for(config.model) if http.port else None
     await backend.start()
     try:
-        doors = await open_front_doors(backend, host, port, http.http_port, template, http.config)
+        doors = await open_front_doors(
+            backend, host, port, http.http_port, template, http.config, tls
+        )
     except BaseException:
         await backend.close()
         raise

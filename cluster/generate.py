@@ -15,10 +15,15 @@ _REASONS = {
 
 
 def run(
-    target: str, prompt: str, sampling: Sampling, cache_salt: str = "", timeout_s: float = 120.0
+    target: str,
+    prompt: str,
+    sampling: Sampling,
+    cache_salt: str = "",
+    timeout_s: float = 120.0,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> int:
     """Stream the completion to stdout, a summary to stderr; 1 if the call failed."""
-    with GenerationClient(target) as client:
+    with GenerationClient(target, credentials) as client:
         stream = client.generate(prompt, cache_salt=cache_salt, timeout=timeout_s, **sampling)
         try:
             echoed = False

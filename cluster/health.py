@@ -6,9 +6,17 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-def check(target: str, timeout_s: float = 5.0) -> str:
-    """The overall service's status name (SERVING, NOT_SERVING, ...), or UNREACHABLE."""
-    with grpc.insecure_channel(target) as channel:
+def check(
+    target: str, timeout_s: float = 5.0, credentials: grpc.ChannelCredentials | None = None
+) -> str:
+    """The overall service's status name (SERVING, NOT_SERVING, ...), or UNREACHABLE; over TLS
+    with ``credentials``."""
+    channel = (
+        grpc.insecure_channel(target)
+        if credentials is None
+        else grpc.secure_channel(target, credentials)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)

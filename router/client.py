@@ -45,8 +45,15 @@ class GenerateStream:
 class GenerationClient:
     """Generate, Abort, Tokenize and ListModels over one channel; a context manager."""
 
-    def __init__(self, target: str = "127.0.0.1:50051") -> None:
-        self.channel = grpc.insecure_channel(target)
+    def __init__(
+        self, target: str = "127.0.0.1:50051", credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
+        """Plain text, or TLS with ``credentials`` (grpc.ssl_channel_credentials)."""
+        self.channel = (
+            grpc.insecure_channel(target)
+            if credentials is None
+            else grpc.secure_channel(target, credentials)
+        )
         self.stub = pb_grpc.GenerationStub(self.channel)
 
     def generate(

@@ -14,6 +14,7 @@ from router.backend import Backend
 from router.grpc_api.service import GenerationService, pb_grpc
 from router.grpc_api.undecodable import RefuseUndecodable
 from router.intake import Intake
+from router.tls import TLSConfig
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Generation"].full_name
 HEALTH_POLL_S = 1.0
@@ -22,10 +23,13 @@ HEALTH_POLL_S = 1.0
 _trackers: set[asyncio.Task[None]] = set()
 
 
-async def serve(intake: Intake, host: str = "127.0.0.1", port: int = 50051) -> grpc.aio.Server:
-    """Start serving ``intake``'s backend on host:port; stop with ``stop``. Must run on the
-    event loop that will serve the calls. The intake is the caller's (router/front_doors.py
-    shares it with the HTTP front door) and outlives the server."""
+async def serve(
+    intake: Intake, host: str = "127.0.0.1", port: int = 50051, tls: TLSConfig | None = None
+) -> grpc.aio.Server:
+    """Start serving ``intake``'s backend on host:port (over TLS when ``tls`` is given); stop
+    with ``stop``. Must run on the event loop that will serve the calls. The intake is the
+    caller's (router/front_doors.py shares it with the HTTP front door) and outlives the
+    server."""
     backend = intake.backend
     server = grpc.aio.server(interceptors=[RefuseUndecodable()])
     service = GenerationService(intake)
@@ -40,7 +44,10 @@ async def serve(intake: Intake, host: str = "127.0.0.1", port: int = 50051) -> g
         ),
         server,
     )
-    server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        server.add_insecure_port(f"{host}:{port}")
+    else:
+        server.add_secure_port(f"{host}:{port}", tls.grpc_credentials())
     await server.start()
     await _set_health(health, backend.healthy())
     task = asyncio.create_task(_track_health(server, backend, health))

@@ -12,6 +12,7 @@ import uvicorn
 from router.http_api.app import HTTPConfig, build_app
 from router.http_api.chat_template import ChatTemplate
 from router.intake import Intake
+from router.tls import TLSConfig
 
 KEEP_ALIVE_S = 75
 
@@ -49,8 +50,10 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     config: HTTPConfig | None = None,
+    tls: TLSConfig | None = None,
 ) -> HTTPServer:
-    """Serve the OpenAI API for ``intake``'s backend on host:port (0: any free port). Must run
+    """Serve the OpenAI API for ``intake``'s backend on host:port (0: any free port), over TLS
+    when ``tls`` is given (HTTPS; with its client CA, only to clients it signed). Must run
     on the event loop that serves the gRPC calls, so both front doors share it. A port that
     cannot be bound raises OSError naming it (uvicorn itself would exit the process)."""
     sock = _bind(host, port)
@@ -66,6 +69,7 @@ async def serve(
             # Longer than clients keep idle pooled connections: with uvicorn's 5 s, a client
             # reusing a connection the server was closing failed its request (seen in bench.http).
             timeout_keep_alive=KEEP_ALIVE_S,
+            **(tls.uvicorn_options() if tls is not None else {}),
         )
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -69,6 +69,11 @@ def test_pool_settings_reach_the_engine_config() -> None:
             "pools.colocated.metrics_port: Input should be less than or equal to 65535",
         ),
         ({"model": "/m", "app_name": "a b"}, "app_name: String should match pattern"),
+        (
+            {"model": "/m", "router": {"tls": {"cert_file": "/no/cert.pem", "key_file": "/k"}}},
+            "router.tls: tls cert_file /no/cert.pem: no such file",
+        ),
+        ({"model": "/m", "router": {"tls": {"cert_file": "/c"}}}, "router.tls.key_file: Field"),
         ({"model": "/m", "redis": {"url": "nowhere"}}, "redis.url: Redis URL must specify"),
         (
             {"model": "/m", "pools": {"colocated": {"engine": {"step_timeout_s": "inf"}}}},

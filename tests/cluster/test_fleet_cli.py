@@ -18,6 +18,7 @@ from cluster.cli import RAY_AUTH_MODE, main
 from cluster.fleet_processes import session_members
 from cluster.run_state import Launch, RunState, process_alive
 from router.client import GenerationClient
+from tests.certificates import make_certificates
 from tests.net import free_port
 
 KVFLEET = [sys.executable, "-m", "cluster.cli"]
@@ -231,9 +232,15 @@ def _wait_for_router_restart(run_dir: Path, old_pid: int) -> None:
 def test_down_after_the_supervisor_was_killed_leaves_nothing_behind(
     demo_model_dir: Path, tmp_path: Path
 ) -> None:
-    run_dir = tmp_path / "run"
+    run_dir, certificates, port = tmp_path / "run", make_certificates(tmp_path), free_port()
     up = [*KVFLEET, "up", "--model", str(demo_model_dir), "--replicas", "1", "--http-port", "0"]
-    subprocess.run([*up, "--port", str(free_port()), "--run-dir", str(run_dir)], check=True)
+    up += ["--set", f"router.tls.cert_file={certificates.server_cert}"]  # its router on TLS
+    up += ["--set", f"router.tls.key_file={certificates.server_key}"]
+    subprocess.run([*up, "--port", str(port), "--run-dir", str(run_dir)], check=True)
+    health = [*KVFLEET, "health", "--target", f"127.0.0.1:{port}"]
+    served = subprocess.run([*health, "--tls-ca", str(certificates.ca)], capture_output=True)
+    assert served.returncode == 0 and b"SERVING" in served.stdout
+    assert subprocess.run(health, capture_output=True).returncode == 1  # no plain text
     launch = Launch.read(run_dir)
     assert launch is not None
     os.kill(launch.pid, signal.SIGKILL)

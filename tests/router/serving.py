@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from cluster.local_backend import LocalBackend
 from router.front_doors import FrontDoors, open_front_doors
 from router.http_api import ChatTemplate, HTTPConfig
+from router.tls import TLSConfig
 from tests.net import free_port
 from worker.engine import Engine
 
@@ -28,6 +29,7 @@ class RunningServer:
         http: bool = False,
         chat_template: ChatTemplate | None = None,
         http_config: HTTPConfig | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.backend = backend
         self.port = free_port()
@@ -41,6 +43,7 @@ class RunningServer:
                 http_port=0 if http else None,
                 chat_template=chat_template,
                 http_config=http_config,
+                tls=tls,
             )
         )
 
