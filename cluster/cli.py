@@ -17,6 +17,7 @@ from worker.errors import KVFleetError
 if TYPE_CHECKING:
     import grpc
 
+    from router.auth import TokenAuth
     from router.tls import TLSConfig
 
 # A local Ray cluster (`kvfleet up`) turns token authentication on by default, and a process
@@ -49,6 +50,10 @@ ClientKey = Annotated[Path | None, typer.Option(help="mutual TLS: this client's 
 TLSCert = Annotated[Path | None, typer.Option(help="TLS on both ports: certificate (PEM)")]
 TLSKey = Annotated[Path | None, typer.Option(help="TLS: its private key (PEM)")]
 TLSClientCA = Annotated[Path | None, typer.Option(help="mutual TLS: the clients' CA (PEM)")]
+AuthTokens = Annotated[
+    Path | None, typer.Option(help="bearer tokens, one per line: every call but health needs one")
+]
+Token = Annotated[str | None, typer.Option(help="the bearer token to send")]
 
 
 def _one_line_errors(command: F) -> F:
@@ -175,6 +180,7 @@ def generate(
     tls_ca: ClientCA = None,
     tls_cert: ClientCert = None,
     tls_key: ClientKey = None,
+    token: Token = None,
 ) -> None:
     """Stream one completion from a running front door."""
     from cluster import generate as streaming
@@ -190,7 +196,8 @@ def generate(
     if seed is not None:
         sampling["seed"] = seed
     credentials = _client_credentials(tls_ca, tls_cert, tls_key)
-    raise typer.Exit(streaming.run(target, prompt, sampling, cache_salt, timeout, credentials))
+    code = streaming.run(target, prompt, sampling, cache_salt, timeout, credentials, token)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -223,13 +230,15 @@ def serve(
     tls_cert: TLSCert = None,
     tls_key: TLSKey = None,
     tls_client_ca: TLSClientCA = None,
+    auth_tokens_file: AuthTokens = None,
 ) -> None:
     """Serve one model in this process, gRPC and HTTP, in the foreground (no Ray)."""
     from cluster import http_options, local_server
 
     http = http_options.make(http_port, chat_template, request_timeout_s, port)
     tls = _tls(tls_cert, tls_key, tls_client_ca)
-    local_server.run(model, name, host, port, max_queued_requests, http, tls)
+    auth = _auth(auth_tokens_file)
+    local_server.run(model, name, host, port, max_queued_requests, http, tls, auth)
 
 
 @app.command()
@@ -245,13 +254,15 @@ def router(
     tls_cert: TLSCert = None,
     tls_key: TLSKey = None,
     tls_client_ca: TLSClientCA = None,
+    auth_tokens_file: AuthTokens = None,
 ) -> None:
     """Run one more front door for a running fleet, in the foreground."""
     from cluster import http_options, router_process
 
     http = http_options.make(http_port, chat_template, request_timeout_s, port)
     tls = _tls(tls_cert, tls_key, tls_client_ca)
-    router_process.run(ray_address, app_name, host, port, http, tls)
+    auth = _auth(auth_tokens_file)
+    router_process.run(ray_address, app_name, host, port, http, tls, auth)
 
 
 @app.command()
@@ -276,6 +287,7 @@ def bench(
     output_json: Annotated[Path | None, typer.Option(help="write the figures here")] = None,
     plot: Annotated[Path | None, typer.Option(help="write latency vs load here (PNG)")] = None,
     seed: int = 0,
+    token: Token = None,
 ) -> None:
     """Load a running front door at each rate; latency percentiles, throughput, goodput, cost."""
     from cluster import load_bench
@@ -294,7 +306,7 @@ def bench(
                                (slo_ttft_ms, slo_itl_ms, slo_e2e_ms)))  # fmt: skip
     plan = load_bench.LoadPlan(
         target, rates, arrivals == "poisson", concurrency, shape, targets, usd_per_gpu_hour, gpus,
-        seed,
+        seed, token,
     )  # fmt: skip
     load_bench.run(plan, output_json, plot)
 
@@ -307,6 +319,12 @@ def config_schema() -> None:
     from cluster.cluster_config import json_schema
 
     print(json.dumps(json_schema(), indent=2))
+
+
+def _auth(tokens_file: Path | None) -> TokenAuth | None:
+    from router.auth import TokenAuth
+
+    return TokenAuth.from_file(tokens_file) if tokens_file is not None else None
 
 
 def _tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> TLSConfig | None:

@@ -35,6 +35,7 @@ from pydantic import (
 )
 from redis.connection import parse_url
 
+from router.auth import TokenAuth
 from router.policy import RouterConfig
 from router.tls import TLSConfig
 from worker.config import EngineConfig
@@ -239,12 +240,23 @@ class RouterSettings(_Section):
     )
     max_index_mb: PositiveInt = _default(RouterConfig, "max_index_bytes") >> 20
     tls: TLSSettings | None = None
+    auth_tokens_file: Path | None = Field(
+        default=None,
+        description="bearer tokens, one per line: set, every call but health needs one",
+    )
 
     @model_validator(mode="after")
     def _ports(self) -> RouterSettings:
         if self.http_port == self.grpc_port:
             raise ValueError(f"http_port and grpc_port are both {self.grpc_port}")
         return self
+
+    @field_validator("auth_tokens_file")
+    @classmethod
+    def _tokens_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            TokenAuth.from_file(path)  # ValueError says what is wrong
+        return path
 
     @field_validator("chat_template")
     @classmethod

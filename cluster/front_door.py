@@ -16,6 +16,7 @@ from ray import serve
 from cluster.app import DEPLOYMENT
 from cluster.http_options import HTTPOptions
 from cluster.serve_backend import ServeBackend
+from router.auth import TokenAuth
 from router.front_doors import FrontDoors, open_front_doors
 from router.tls import TLSConfig
 from worker.config import EngineConfig
@@ -46,6 +47,7 @@ async def start_front_door(
     max_queued_requests: int = 1024,
     http: HTTPOptions = NO_HTTP,
     tls: TLSConfig | None = None,
+    auth: TokenAuth | None = None,
 ) -> FrontDoor:
     """Serve the application's engine deployment on host:port (gRPC) and host:http.port (HTTP).
     The engine configuration comes from a replica, so the front door validates and hashes
@@ -59,7 +61,7 @@ async def start_front_door(
     await backend.start()
     try:
         doors = await open_front_doors(
-            backend, host, port, http.http_port, template, http.config, tls
+            backend, host, port, http.http_port, template, http.config, tls, auth
         )
     except BaseException:
         await backend.close()

@@ -21,9 +21,10 @@ def run(
     cache_salt: str = "",
     timeout_s: float = 120.0,
     credentials: grpc.ChannelCredentials | None = None,
+    token: str | None = None,
 ) -> int:
     """Stream the completion to stdout, a summary to stderr; 1 if the call failed."""
-    with GenerationClient(target, credentials) as client:
+    with GenerationClient(target, credentials, token) as client:
         stream = client.generate(prompt, cache_salt=cache_salt, timeout=timeout_s, **sampling)
         try:
             echoed = False

@@ -39,6 +39,7 @@ class LoadPlan:
     usd_per_gpu_hour: float | None
     gpus: float
     seed: int = 0
+    token: str | None = None  # a bearer token, when the front door requires one
 
     def __post_init__(self) -> None:
         if not self.rates or any(not r > 0 for r in self.rates):
@@ -60,7 +61,7 @@ class LoadPlan:
 def run(plan: LoadPlan, json_path: Path | None, plot_path: Path | None) -> list[Summary]:
     """Each rate in turn, on the same prompts; prints a table and writes the files asked for."""
     try:
-        with GenerationClient(plan.target) as client:
+        with GenerationClient(plan.target, token=plan.token) as client:
             models = client.list_models()
     except grpc.RpcError as exc:
         raise FleetError(f"{plan.target}: {exc.code().name}: {exc.details()}") from None
@@ -80,7 +81,7 @@ def run(plan: LoadPlan, json_path: Path | None, plot_path: Path | None) -> list[
 
             timings, duration = run_load(
                 plan.target, prompts, plan.workload.output_len, rate, plan.concurrency,
-                plan.poisson, advance, plan.seed,
+                plan.poisson, advance, plan.seed, plan.token,
             )  # fmt: skip
             summaries.append(
                 summarize(timings, duration, rate, plan.targets, plan.usd_per_gpu_hour, plan.gpus)
@@ -90,7 +91,8 @@ def run(plan: LoadPlan, json_path: Path | None, plot_path: Path | None) -> list[
     Console(width=None if sys.stdout.isatty() else 200).print(table(summaries, costed))
     if json_path is not None:
         runs = [dataclasses.asdict(s) for s in summaries]
-        figures = _json_safe({"plan": dataclasses.asdict(plan), "runs": runs})
+        settings = dataclasses.asdict(plan) | {"token": "(set)" if plan.token else None}
+        figures = _json_safe({"plan": settings, "runs": runs})
         json_path.write_text(json.dumps(figures, indent=2, allow_nan=False))
     if plot_path is not None:
         plot(summaries, plot_path)

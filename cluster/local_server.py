@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cluster.http_options import HTTPOptions
 from cluster.local_backend import LocalBackend
+from router.auth import TokenAuth
 from router.front_doors import open_front_doors
 from router.tls import TLSConfig
 from worker.async_engine import AsyncEngine
@@ -23,13 +24,14 @@ def run(
     max_queued_requests: int,
     http: HTTPOptions,
     tls: TLSConfig | None = None,
+    auth: TokenAuth | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; ValueError names a bad option."""
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {port}")
     if max_queued_requests < 1:
         raise ValueError(f"--max-queued-requests must be at least 1, got {max_queued_requests}")
-    asyncio.run(_serve(model, name or model.name, host, port, max_queued_requests, http, tls))
+    asyncio.run(_serve(model, name or model.name, host, port, max_queued_requests, http, tls, auth))
 
 
 async def _serve(
@@ -40,6 +42,7 @@ async def _serve(
     max_queued_requests: int,
     http: HTTPOptions,
     tls: TLSConfig | None,
+    auth: TokenAuth | None,
 ) -> None:
     template = http.chat_template_for(model) if http.port else None
     # The engine core in a process of its own: the front doors' Python work runs beside the
@@ -48,7 +51,7 @@ async def _serve(
     backend = LocalBackend(engine, name, max_queued_requests)
     try:
         doors = await open_front_doors(
-            backend, host, port, http.http_port, template, http.config, tls
+            backend, host, port, http.http_port, template, http.config, tls, auth
         )
         try:
             print(f"kvfleet serve: {backend.model_name}, {doors.describe()}", flush=True)

@@ -35,6 +35,8 @@ class RouterChild:
             self.command += ["--tls-key", str(router.tls.key_file)]
             if router.tls.client_ca_file is not None:
                 self.command += ["--tls-client-ca", str(router.tls.client_ca_file)]
+        if router.auth_tokens_file is not None:
+            self.command += ["--auth-tokens-file", str(router.auth_tokens_file)]
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = -1  # the first start is not a restart

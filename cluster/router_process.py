@@ -11,13 +11,19 @@ import ray
 from cluster import ray_cluster
 from cluster.front_door import start_front_door
 from cluster.http_options import HTTPOptions
+from router.auth import TokenAuth
 from router.tls import TLSConfig
 
 
 async def _serve(
-    app_name: str, host: str, port: int, http: HTTPOptions, tls: TLSConfig | None
+    app_name: str,
+    host: str,
+    port: int,
+    http: HTTPOptions,
+    tls: TLSConfig | None,
+    auth: TokenAuth | None,
 ) -> None:
-    router = await start_front_door(app_name, host, port, http=http, tls=tls)
+    router = await start_front_door(app_name, host, port, http=http, tls=tls, auth=auth)
     print(f"kvfleet router: serving {app_name!r}, {router.doors.describe()}", flush=True)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -33,12 +39,13 @@ def run(
     port: int,
     http: HTTPOptions,
     tls: TLSConfig | None = None,
+    auth: TokenAuth | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; ValueError or FleetError says what is wrong."""
     if not 0 < port < 65536:
         raise ValueError(f"--port must be in 1..65535, got {port}")
     ray_cluster.join(ray_address)
     try:
-        asyncio.run(_serve(app_name, host, port, http, tls))
+        asyncio.run(_serve(app_name, host, port, http, tls, auth))
     finally:
         ray.shutdown()

@@ -93,11 +93,10 @@ def up(config: ClusterConfig, run_dir: Path, timeout_s: float = START_TIMEOUT_S)
     # Absolute paths: `kvfleet down` and the supervisor may run from another directory.
     router = config.router
     template = router.chat_template.resolve() if router.chat_template else None
+    tokens = router.auth_tokens_file.resolve() if router.auth_tokens_file else None
+    resolved = {"chat_template": template, "auth_tokens_file": tokens}
     config = config.model_copy(
-        update={
-            "model": config.model.resolve(),
-            "router": router.model_copy(update={"chat_template": template}),
-        }
+        update={"model": config.model.resolve(), "router": router.model_copy(update=resolved)}
     )
     if config.ray.address is not None and config.redis.url is None:
         raise FleetError(

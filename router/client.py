@@ -46,9 +46,14 @@ class GenerationClient:
     """Generate, Abort, Tokenize and ListModels over one channel; a context manager."""
 
     def __init__(
-        self, target: str = "127.0.0.1:50051", credentials: grpc.ChannelCredentials | None = None
+        self,
+        target: str = "127.0.0.1:50051",
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
     ) -> None:
-        """Plain text, or TLS with ``credentials`` (grpc.ssl_channel_credentials)."""
+        """Plain text, or TLS with ``credentials`` (grpc.ssl_channel_credentials); ``token``
+        is sent as a bearer token with every call."""
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
         self.channel = (
             grpc.insecure_channel(target)
             if credentials is None
@@ -76,21 +81,25 @@ class GenerationClient:
             request.text = prompt
         else:
             request.token_ids.ids.extend(prompt)
-        return GenerateStream(self.stub.Generate(request, timeout=timeout))
+        return GenerateStream(self.stub.Generate(request, timeout=timeout, metadata=self.metadata))
 
     def abort(self, request_id: str) -> bool:
         """Abort a running request; False if none by that id is running."""
-        response: pb.AbortResponse = self.stub.Abort(pb.AbortRequest(request_id=request_id))
+        response: pb.AbortResponse = self.stub.Abort(
+            pb.AbortRequest(request_id=request_id), metadata=self.metadata
+        )
         return response.found
 
     def tokenize(self, text: str, model: str = "") -> list[int]:
         response: pb.TokenizeResponse = self.stub.Tokenize(
-            pb.TokenizeRequest(model=model, text=text)
+            pb.TokenizeRequest(model=model, text=text), metadata=self.metadata
         )
         return list(response.token_ids)
 
     def list_models(self) -> list[pb.Model]:
-        response: pb.ListModelsResponse = self.stub.ListModels(pb.ListModelsRequest())
+        response: pb.ListModelsResponse = self.stub.ListModels(
+            pb.ListModelsRequest(), metadata=self.metadata
+        )
         return list(response.models)
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import grpc
 
 from router import grpc_api, http_api
+from router.auth import TokenAuth
 from router.backend import Backend
 from router.http_api import ChatTemplate, HTTPConfig, HTTPServer
 from router.intake import Intake
@@ -46,17 +47,20 @@ async def open_front_doors(
     chat_template: ChatTemplate | None = None,
     http_config: HTTPConfig | None = None,
     tls: TLSConfig | None = None,
+    auth: TokenAuth | None = None,
 ) -> FrontDoors:
     """Serve ``backend`` on host:grpc_port, and on host:http_port (None: no HTTP; 0: any free
-    port), both over TLS when ``tls`` is given. If the HTTP server cannot start, the gRPC one
-    is stopped again before the error is raised. Call on the event loop that will serve
-    both."""
+    port), both over TLS when ``tls`` is given and requiring a token with ``auth``. If the
+    HTTP server cannot start, the gRPC one is stopped again before the error is raised. Call
+    on the event loop that will serve both."""
     intake = Intake(backend)
-    server = await grpc_api.serve(intake, host, grpc_port, tls)
+    server = await grpc_api.serve(intake, host, grpc_port, tls, auth)
     http = None
     if http_port is not None:
         try:
-            http = await http_api.serve(intake, chat_template, host, http_port, http_config, tls)
+            http = await http_api.serve(
+                intake, chat_template, host, http_port, http_config, tls, auth
+            )
         except BaseException:
             await grpc_api.stop(server, grace_s=0)
             intake.close()

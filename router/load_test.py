@@ -116,13 +116,14 @@ def run_load(
     poisson: bool = True,
     progress: Callable[[int], None] = lambda done: None,
     seed: int = 0,
+    token: str | None = None,
 ) -> tuple[list[Timing], float]:
     """Every prompt once, arriving at ``rate``; the timings and the run's duration."""
     arrivals = arrival_times(rate, len(prompts), poisson, seed)
     timings: list[Timing | None] = [None] * len(prompts)
     finished = 0
     lock = threading.Lock()
-    with GenerationClient(target) as client, ThreadPoolExecutor(concurrency) as pool:
+    with GenerationClient(target, token=token) as client, ThreadPoolExecutor(concurrency) as pool:
         start = time.monotonic()
 
         def one(i: int) -> None:

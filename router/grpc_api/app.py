@@ -10,6 +10,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from protos.kvfleet.v1 import generation_pb2 as pb
+from router.auth import RequireToken, TokenAuth
 from router.backend import Backend
 from router.grpc_api.service import GenerationService, pb_grpc
 from router.grpc_api.undecodable import RefuseUndecodable
@@ -24,14 +25,21 @@ _trackers: set[asyncio.Task[None]] = set()
 
 
 async def serve(
-    intake: Intake, host: str = "127.0.0.1", port: int = 50051, tls: TLSConfig | None = None
+    intake: Intake,
+    host: str = "127.0.0.1",
+    port: int = 50051,
+    tls: TLSConfig | None = None,
+    auth: TokenAuth | None = None,
 ) -> grpc.aio.Server:
     """Start serving ``intake``'s backend on host:port (over TLS when ``tls`` is given); stop
     with ``stop``. Must run on the event loop that will serve the calls. The intake is the
     caller's (router/front_doors.py shares it with the HTTP front door) and outlives the
     server."""
     backend = intake.backend
-    server = grpc.aio.server(interceptors=[RefuseUndecodable()])
+    interceptors: list[grpc.aio.ServerInterceptor] = [RefuseUndecodable()]
+    if auth is not None:  # first: nothing of an unauthenticated call is decoded
+        interceptors.insert(0, RequireToken(auth))
+    server = grpc.aio.server(interceptors=interceptors)
     service = GenerationService(intake)
     pb_grpc.add_GenerationServicer_to_server(service, server)
     health = health_aio.HealthServicer()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
+from router.auth import OPEN_HTTP_PATHS, TokenAuth
 from router.http_api.chat_template import ChatTemplate
 from router.http_api.errors import HTTPError, HTTPErrorRaised, http_error
 from router.http_api.protocol import MAX_CHOICES, ChatCompletionRequest, CompletionRequest
@@ -45,11 +46,17 @@ class HTTPConfig:
 
 
 def build_app(
-    intake: Intake, chat_template: ChatTemplate | None, config: HTTPConfig | None = None
+    intake: Intake,
+    chat_template: ChatTemplate | None,
+    config: HTTPConfig | None = None,
+    auth: TokenAuth | None = None,
 ) -> FastAPI:
-    """The ASGI app; ``chat_template`` None refuses chat completions with a 400."""
+    """The ASGI app; ``chat_template`` None refuses chat completions with a 400; with ``auth``,
+    every path but /health needs an accepted bearer token (401 otherwise)."""
     routes = _Routes(intake, chat_template, config or HTTPConfig())
     app = FastAPI(title="kvfleet", docs_url=None, redoc_url=None, openapi_url=None)
+    if auth is not None:
+        app.middleware("http")(_require_token(auth))
     app.add_api_route("/v1/completions", routes.completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", routes.chat_completions, methods=["POST"])
     app.add_api_route("/v1/models", routes.models, methods=["GET"])
@@ -309,3 +316,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def _too_large(limit: int) -> HTTPError:
     return HTTPError(413, f"the body exceeds {limit} bytes", "invalid_request_error")
+
+
+def _require_token(
+    auth: TokenAuth,
+) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
+    async def require_token(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.url.path in OPEN_HTTP_PATHS or auth.allows(request.headers.get("authorization")):
+            return await call_next(request)
+        error = HTTPError(401, "a valid 'Authorization: Bearer TOKEN' is required",
+                          "authentication_error", code="invalid_api_key")  # fmt: skip
+        return JSONResponse(error.body(), 401, headers={"WWW-Authenticate": "Bearer"})
+
+    return require_token

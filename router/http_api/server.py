@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from router.auth import TokenAuth
 from router.http_api.app import HTTPConfig, build_app
 from router.http_api.chat_template import ChatTemplate
 from router.intake import Intake
@@ -51,13 +52,14 @@ async def serve(
     port: int = 8000,
     config: HTTPConfig | None = None,
     tls: TLSConfig | None = None,
+    auth: TokenAuth | None = None,
 ) -> HTTPServer:
     """Serve the OpenAI API for ``intake``'s backend on host:port (0: any free port), over TLS
     when ``tls`` is given (HTTPS; with its client CA, only to clients it signed). Must run
     on the event loop that serves the gRPC calls, so both front doors share it. A port that
     cannot be bound raises OSError naming it (uvicorn itself would exit the process)."""
     sock = _bind(host, port)
-    app = build_app(intake, chat_template, config)
+    app = build_app(intake, chat_template, config, auth)
     server = _Server(
         uvicorn.Config(
             app,

@@ -74,6 +74,10 @@ def test_pool_settings_reach_the_engine_config() -> None:
             "router.tls: tls cert_file /no/cert.pem: no such file",
         ),
         ({"model": "/m", "router": {"tls": {"cert_file": "/c"}}}, "router.tls.key_file: Field"),
+        (
+            {"model": "/m", "router": {"auth_tokens_file": "/no/tokens"}},
+            "router.auth_tokens_file: auth tokens file /no/tokens: No such file",
+        ),
         ({"model": "/m", "redis": {"url": "nowhere"}}, "redis.url: Redis URL must specify"),
         (
             {"model": "/m", "pools": {"colocated": {"engine": {"step_timeout_s": "inf"}}}},

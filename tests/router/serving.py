@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from cluster.local_backend import LocalBackend
+from router.auth import TokenAuth
 from router.front_doors import FrontDoors, open_front_doors
 from router.http_api import ChatTemplate, HTTPConfig
 from router.tls import TLSConfig
@@ -30,6 +31,7 @@ class RunningServer:
         chat_template: ChatTemplate | None = None,
         http_config: HTTPConfig | None = None,
         tls: TLSConfig | None = None,
+        auth: TokenAuth | None = None,
     ) -> None:
         self.backend = backend
         self.port = free_port()
@@ -44,6 +46,7 @@ class RunningServer:
                 chat_template=chat_template,
                 http_config=http_config,
                 tls=tls,
+                auth=auth,
             )
         )
 
