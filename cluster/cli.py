@@ -17,8 +17,6 @@ from worker.errors import KVFleetError
 if TYPE_CHECKING:
     import grpc
 
-    from router.auth import TokenAuth
-    from router.tls import TLSConfig
 
 # A local Ray cluster (`kvfleet up`) turns token authentication on by default, and a process
 # joining it (`kvfleet router`, `kvfleet status`) sends the token only in this mode, which Ray
@@ -236,9 +234,9 @@ def serve(
     from cluster import http_options, local_server
 
     http = http_options.make(http_port, chat_template, request_timeout_s, port)
-    tls = _tls(tls_cert, tls_key, tls_client_ca)
-    auth = _auth(auth_tokens_file)
-    local_server.run(model, name, host, port, max_queued_requests, http, tls, auth)
+    tls = (tls_cert, tls_key, tls_client_ca)
+    doors = http_options.door_options(host, port, http, tls, auth_tokens_file)
+    local_server.run(model, name, max_queued_requests, doors)
 
 
 @app.command()
@@ -260,9 +258,9 @@ def router(
     from cluster import http_options, router_process
 
     http = http_options.make(http_port, chat_template, request_timeout_s, port)
-    tls = _tls(tls_cert, tls_key, tls_client_ca)
-    auth = _auth(auth_tokens_file)
-    router_process.run(ray_address, app_name, host, port, http, tls, auth)
+    tls = (tls_cert, tls_key, tls_client_ca)
+    doors = http_options.door_options(host, port, http, tls, auth_tokens_file)
+    router_process.run(ray_address, app_name, doors)
 
 
 @app.command()
@@ -319,22 +317,6 @@ def config_schema() -> None:
     from cluster.cluster_config import json_schema
 
     print(json.dumps(json_schema(), indent=2))
-
-
-def _auth(tokens_file: Path | None) -> TokenAuth | None:
-    from router.auth import TokenAuth
-
-    return TokenAuth.from_file(tokens_file) if tokens_file is not None else None
-
-
-def _tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> TLSConfig | None:
-    from router.tls import TLSConfig
-
-    if cert is None and key is None and client_ca is None:
-        return None
-    if cert is None or key is None:
-        raise ValueError("--tls-cert and --tls-key go together (and --tls-client-ca needs both)")
-    return TLSConfig(cert, key, client_ca)
 
 
 def _client_credentials(

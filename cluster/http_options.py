@@ -1,4 +1,5 @@
-"""The HTTP front door's options, shared by `kvfleet serve`, `kvfleet up` and `kvfleet router`."""
+"""The front doors' options, as `kvfleet serve` and `kvfleet router` take them: where they
+listen, the HTTP door's, TLS and bearer tokens."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.auth import TokenAuth
 from router.http_api import ChatTemplate, HTTPConfig
+from router.tls import TLSConfig
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,37 @@ def make(
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"--request-timeout-s must be a positive number, got {timeout}")
     return HTTPOptions(http_port, chat_template, timeout)
+
+
+@dataclass(frozen=True)
+class DoorOptions:
+    """Where and how one process's front doors listen."""
+
+    host: str
+    port: int  # gRPC
+    http: HTTPOptions
+    tls: TLSConfig | None = None
+    auth: TokenAuth | None = None
+
+
+def door_options(
+    host: str,
+    port: int,
+    http: HTTPOptions,
+    tls_files: tuple[Path | None, Path | None, Path | None] = (None, None, None),
+    auth_tokens_file: Path | None = None,
+) -> DoorOptions:
+    """From the flags (``tls_files``: certificate, key, client CA); ValueError naming the bad
+    one."""
+    if not 0 < port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {port}")
+    cert, key, client_ca = tls_files
+    tls = None
+    if any(tls_files):
+        if cert is None or key is None:
+            raise ValueError(
+                "--tls-cert and --tls-key go together (and --tls-client-ca needs both)"
+            )
+        tls = TLSConfig(cert, key, client_ca)
+    auth = TokenAuth.from_file(auth_tokens_file) if auth_tokens_file is not None else None
+    return DoorOptions(host, port, http, tls, auth)

@@ -7,43 +7,22 @@ import asyncio
 import signal
 from pathlib import Path
 
-from cluster.http_options import HTTPOptions
+from cluster.http_options import DoorOptions
 from cluster.local_backend import LocalBackend
-from router.auth import TokenAuth
 from router.front_doors import open_front_doors
-from router.tls import TLSConfig
 from worker.async_engine import AsyncEngine
 from worker.config import EngineConfig
 
 
-def run(
-    model: Path,
-    name: str,
-    host: str,
-    port: int,
-    max_queued_requests: int,
-    http: HTTPOptions,
-    tls: TLSConfig | None = None,
-    auth: TokenAuth | None = None,
-) -> None:
+def run(model: Path, name: str, max_queued_requests: int, doors: DoorOptions) -> None:
     """Serve until SIGTERM or SIGINT; ValueError names a bad option."""
-    if not 0 < port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {port}")
     if max_queued_requests < 1:
         raise ValueError(f"--max-queued-requests must be at least 1, got {max_queued_requests}")
-    asyncio.run(_serve(model, name or model.name, host, port, max_queued_requests, http, tls, auth))
+    asyncio.run(_serve(model, name or model.name, max_queued_requests, doors))
 
 
-async def _serve(
-    model: Path,
-    name: str,
-    host: str,
-    port: int,
-    max_queued_requests: int,
-    http: HTTPOptions,
-    tls: TLSConfig | None,
-    auth: TokenAuth | None,
-) -> None:
+async def _serve(model: Path, name: str, max_queued_requests: int, options: DoorOptions) -> None:
+    http = options.http
     template = http.chat_template_for(model) if http.port else None
     # The engine core in a process of its own: the front doors' Python work runs beside the
     # steps instead of taking turns with them on one interpreter lock.
@@ -51,8 +30,9 @@ async def _serve(
     backend = LocalBackend(engine, name, max_queued_requests)
     try:
         doors = await open_front_doors(
-            backend, host, port, http.http_port, template, http.config, tls, auth
-        )
+            backend, options.host, options.port, http.http_port, template, http.config,
+            options.tls, options.auth,
+        )  # fmt: skip
         try:
             print(f"kvfleet serve: {backend.model_name}, {doors.describe()}", flush=True)
             stopping = asyncio.Event()

@@ -10,20 +10,13 @@ import ray
 
 from cluster import ray_cluster
 from cluster.front_door import start_front_door
-from cluster.http_options import HTTPOptions
-from router.auth import TokenAuth
-from router.tls import TLSConfig
+from cluster.http_options import DoorOptions
 
 
-async def _serve(
-    app_name: str,
-    host: str,
-    port: int,
-    http: HTTPOptions,
-    tls: TLSConfig | None,
-    auth: TokenAuth | None,
-) -> None:
-    router = await start_front_door(app_name, host, port, http=http, tls=tls, auth=auth)
+async def _serve(app_name: str, doors: DoorOptions) -> None:
+    router = await start_front_door(
+        app_name, doors.host, doors.port, http=doors.http, tls=doors.tls, auth=doors.auth
+    )
     print(f"kvfleet router: serving {app_name!r}, {router.doors.describe()}", flush=True)
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -32,20 +25,10 @@ async def _serve(
     await router.stop()
 
 
-def run(
-    ray_address: str,
-    app_name: str,
-    host: str,
-    port: int,
-    http: HTTPOptions,
-    tls: TLSConfig | None = None,
-    auth: TokenAuth | None = None,
-) -> None:
+def run(ray_address: str, app_name: str, doors: DoorOptions) -> None:
     """Serve until SIGTERM or SIGINT; ValueError or FleetError says what is wrong."""
-    if not 0 < port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {port}")
     ray_cluster.join(ray_address)
     try:
-        asyncio.run(_serve(app_name, host, port, http, tls, auth))
+        asyncio.run(_serve(app_name, doors))
     finally:
         ray.shutdown()
