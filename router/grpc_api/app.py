@@ -10,8 +10,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from protos.kvfleet.v1 import generation_pb2 as pb
-from router.auth import RequireToken, TokenAuth
+from router.auth import TokenAuth
 from router.backend import Backend
+from router.grpc_api.require_token import RequireToken
 from router.grpc_api.service import GenerationService, pb_grpc
 from router.grpc_api.undecodable import RefuseUndecodable
 from router.intake import Intake
@@ -37,7 +38,7 @@ async def serve(
     server."""
     backend = intake.backend
     interceptors: list[grpc.aio.ServerInterceptor] = [RefuseUndecodable()]
-    if auth is not None:  # first: nothing of an unauthenticated call is decoded
+    if auth is not None:
         interceptors.insert(0, RequireToken(auth))
     server = grpc.aio.server(interceptors=interceptors)
     service = GenerationService(intake)

@@ -5,11 +5,13 @@ behaviour that aborts with it before the method runs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from router.grpc_api.guard import guarded
 
 
 class _Undecodable:
@@ -36,24 +38,7 @@ class RefuseUndecodable(grpc.aio.ServerInterceptor):
             except DecodeError as exc:
                 return _Undecodable(str(exc))
 
-        if handler.response_streaming:
-            inner_stream = handler.unary_stream
-
-            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await _refuse(request, context)
-                async for response in inner_stream(request, context):
-                    yield response
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, lenient, handler.response_serializer
-            )
-        inner_unary = handler.unary_unary
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await _refuse(request, context)
-            return await inner_unary(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary, lenient, handler.response_serializer)
+        return guarded(handler, _refuse, lenient)
 
 
 async def _refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
