@@ -84,7 +84,9 @@ class ServingMetrics:
         self, stream: AsyncIterator[RequestOutput]
     ) -> AsyncGenerator[RequestOutput, None]:
         """``stream``'s outputs, unchanged, timed as they pass. Closing this closes ``stream``."""
+        # The model label is fixed: its children are looked up once, not per token.
         model = self.model_name
+        ttft, itl, e2e = self.ttft.labels(model), self.itl.labels(model), self.e2e.labels(model)
         start = last = time.perf_counter()
         first = True
         generated = 0
@@ -94,15 +96,16 @@ class ServingMetrics:
                 count = len(output.token_ids)
                 if count:
                     if first:
-                        self.ttft.labels(model).observe(now - start)
+                        ttft.observe(now - start)
                         first = False
                     else:
+                        gap = (now - last) / count
                         for _ in range(count):
-                            self.itl.labels(model).observe((now - last) / count)
+                            itl.observe(gap)
                     last = now
                     generated += count
                 if output.finished:
-                    self.e2e.labels(model).observe(now - start)
+                    e2e.observe(now - start)
                     self.prompt_tokens.labels(model).inc(output.num_prompt_tokens)
                     self.cached_tokens.inc(output.num_cached_tokens)
                     self.finished.labels(model, output.finish_reason or "unknown").inc()
