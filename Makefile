@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	@command -v python3.11 >/dev/null && python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,nixl]'
 	touch $(STAMP)
 
 $(DEMO_MODEL)/config.json: | $(STAMP)

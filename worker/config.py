@@ -8,6 +8,8 @@ from pathlib import Path
 from worker.model_config import DTYPE_BYTES, LOAD_FORMATS
 from worker.parallel_config import ParallelConfig
 
+TRANSPORTS = ("auto", "nixl", "packed")
+
 _DTYPES = ("auto", *DTYPE_BYTES)
 _PLACEMENTS = ("pack", "spread")
 
@@ -35,6 +37,10 @@ class EngineConfig:
     kernels run while Python prepares the next step, and not on a CPU, where the forward pass
     is the Python thread's own work and the overlap measured 0.86x the throughput (64 prompts,
     tiny demo model, one torch thread).
+    ``kv_transport`` opens KV transfer with other replicas (disaggregated prefill and decode,
+    worker/kv_transfer): "nixl", "packed" (the blocks travel inside the handle) or "auto"
+    (NIXL where it is installed); None, the default, opens none. A pull that has not finished
+    within ``kv_transfer_timeout_s`` is abandoned and the prompt computed locally.
     """
 
     model: Path
@@ -60,6 +66,8 @@ class EngineConfig:
     enforce_eager: bool = False
     cuda_graph_max_batch: int = 128
     async_scheduling: bool | None = None
+    kv_transport: str | None = None
+    kv_transfer_timeout_s: float = 5.0
 
     @property
     def parallel(self) -> ParallelConfig:
@@ -108,3 +116,9 @@ class EngineConfig:
             )
         if not self.step_timeout_s > 0:
             raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
+        if self.kv_transport is not None and self.kv_transport not in TRANSPORTS:
+            raise ValueError(
+                f"kv_transport must be one of {', '.join(TRANSPORTS)}, got {self.kv_transport!r}"
+            )
+        if not self.kv_transfer_timeout_s > 0:
+            raise ValueError(f"kv_transfer_timeout_s must be > 0, got {self.kv_transfer_timeout_s}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, replace
 
@@ -12,12 +13,17 @@ from worker.config import EngineConfig
 from worker.dtype_choice import resolve_dtype
 from worker.errors import (
     DuplicateRequestError,
+    InvalidRequestError,
     ModelLoadError,
     WorkerFailedError,
 )
 from worker.executor import Executor, LocalExecutor, OverlappingExecutor
 from worker.kv_cache_manager import KVCacheManager
 from worker.kv_events import KVEvent
+from worker.kv_transfer import KVHandle, KVLayout
+from worker.kv_transfer.exports import kv_layout_of, make_handle
+from worker.kv_transfer.handle import prompt_digest
+from worker.kv_transfer.imports import KVImports
 from worker.load_report import LoadReport, PrefillRateMeter
 from worker.messages import GenerationRequest, RequestOutput
 from worker.model.loader import load_model
@@ -75,6 +81,18 @@ class Engine:
             self.kv,
         )
         self.times = StepTimes()
+        # KV transfer with other replicas (disaggregated serving), when configured.
+        self.engine_id = uuid.uuid4().hex[:12]
+        self.kv_layout: KVLayout = kv_layout_of(config, self.model_config)
+        self._kv_leased = False  # whether exported blocks stay held for their reader
+        if config.kv_transport is not None:
+            self._kv_leased = self.executor.open_kv_transport(
+                config.kv_transport, f"kvfleet-{self.engine_id}"
+            )
+        self.imports = KVImports(
+            self.kv, self.scheduler, self.executor, config.kv_transfer_timeout_s
+        )
+        self._exports: dict[str, float] = {}  # request id -> lease seconds, until it ends
         self._states: dict[str, OutputState] = {}
         self._eos_ids = frozenset(self.model_config.eos_token_ids)
         self._in_flight: deque[tuple[SchedulerOutput, float]] = deque()  # (batch, submitted)
@@ -117,7 +135,7 @@ class Engine:
         return self.kv.pool.num_blocks
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.num_unfinished > 0 or bool(self._in_flight)
+        return self.scheduler.num_unfinished > 0 or bool(self._in_flight or self.imports.waiting)
 
     def make_request(
         self,
@@ -133,6 +151,10 @@ class Engine:
         """Queue a validated request (see ``make_request``)."""
         if request.request_id in self._states:
             raise DuplicateRequestError(request.request_id)
+        if request.kv_source is not None:
+            self._check_source(request.kv_source, request.prompt_token_ids)
+        if request.kv_lease_s is not None and self.config.kv_transport is None:
+            raise InvalidRequestError("kv_lease_s", "this engine has no KV transport open")
         queued = Request(
             request.request_id,
             request.prompt_token_ids,
@@ -143,7 +165,23 @@ class Engine:
         self._states[request.request_id] = OutputState(
             queued, self.tokenizer, self._eos_ids, self.max_model_len
         )
-        self.scheduler.add(queued)
+        if request.kv_lease_s is not None:
+            self._exports[request.request_id] = request.kv_lease_s
+        if request.kv_source is not None:
+            self.imports.add(queued, request.kv_source)
+        else:
+            self.scheduler.add(queued)
+
+    def _check_source(self, handle: KVHandle, prompt: list[int]) -> None:
+        """A handle is pulled from only by an engine with a transport like its own, with the
+        same KV layout, for the very prompt it was made for."""
+        if self.config.kv_transport is None:
+            raise InvalidRequestError("kv_source", "this engine has no KV transport open")
+        self.kv_layout.check_compatible(handle.layout)
+        if handle.num_tokens != len(prompt) or handle.prompt_digest != prompt_digest(prompt):
+            raise InvalidRequestError("kv_source", "the handle was made for another prompt")
+        if len(handle.block_ids) < -(-handle.num_tokens // self.kv.block_size):
+            raise InvalidRequestError("kv_source", "the handle lists too few blocks")
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request wherever it is and free its blocks; its final output, or None if the
@@ -151,13 +189,39 @@ class Engine:
         state = self._states.pop(request_id, None)
         if state is None:
             return None
-        self.scheduler.finish(state.request, RequestStatus.FINISHED_ABORTED)
+        self._exports.pop(request_id, None)
+        if self.imports.remove(state.request):
+            state.request.status = RequestStatus.FINISHED_ABORTED
+        else:
+            self.scheduler.finish(state.request, RequestStatus.FINISHED_ABORTED)
         return state.take_output()
+
+    def release_kv(self, request_id: str) -> bool:
+        """The reader of an exported request's blocks is done: free them. False if they are
+        not held (released already, expired, or never leased)."""
+        return self.kv.release(request_id)
+
+    def expire_leases(self) -> list[str]:
+        """Free the exported blocks whose lease ran out; their request ids."""
+        return self.kv.expire(time.monotonic())
+
+    def idle_wait_s(self) -> float | None:
+        """How long the step loop may wait for a command: 0 with work to do, until the next
+        lease runs out if one is held, else for ever (None)."""
+        if self.has_unfinished():
+            return 0.0
+        expiry = self.kv.next_expiry()
+        return None if expiry is None else max(0.0, expiry - time.monotonic())
 
     def step(self) -> list[RequestOutput]:
         """Keep up to ``executor.max_in_flight`` batches running; finish the oldest."""
         times = self.times
-        while len(self._in_flight) < self.executor.max_in_flight:
+        if self.imports.waiting and not self._in_flight:
+            self.imports.start()  # pulls write blocks, so no step may be running
+        # While pulls wait, let the steps in flight finish (a bubble) rather than start more.
+        while len(self._in_flight) < self.executor.max_in_flight and not (
+            self.imports.waiting and self._in_flight
+        ):
             t0 = time.perf_counter()
             batch = self.scheduler.schedule(self._batch_seq_cap())
             t1 = time.perf_counter()
@@ -221,11 +285,27 @@ class Engine:
                 request.first_token_time = now
             state = self._states[request.request_id]
             status = state.on_token(token)
+            handle = None
             if status is not None:
+                handle = self._export(request)
                 self.scheduler.finish(request, status)
                 del self._states[request.request_id]
-            outputs.append(state.take_output())
+            output = state.take_output()
+            outputs.append(output if handle is None else replace(output, kv_handle=handle))
         return outputs
+
+    def _export(self, request: Request) -> KVHandle | None:
+        """An exported request that ended: the handle to its prompt's blocks, which stay
+        leased if the transport reads them in place."""
+        lease_s = self._exports.pop(request.request_id, None)
+        if lease_s is None:
+            return None
+        num_blocks = -(-request.num_prompt_tokens // self.kv.block_size)
+        block_ids = self.kv.block_ids(request.request_id)[:num_blocks]
+        sources = self.executor.export_kv(block_ids)
+        if self._kv_leased:
+            self.kv.lease(request, time.monotonic() + lease_s)
+        return make_handle(self.engine_id, request, block_ids, self.kv_layout, sources, lease_s)
 
     def _abort_all(self) -> None:
         """The replica lost a rank: every request ends, and every block goes back to the pool."""
@@ -239,7 +319,9 @@ class Engine:
     def load_report(self) -> LoadReport:
         scheduler = self.scheduler
         return self.kv.load_report(
-            scheduler.waiting, scheduler.running, self.prefill_rate.tokens_per_s
+            [*scheduler.waiting, *self.imports.requests],
+            scheduler.running,
+            self.prefill_rate.tokens_per_s,
         )
 
     def drain_kv_events(self) -> list[KVEvent]:
@@ -247,5 +329,7 @@ class Engine:
 
     def check_integrity(self) -> None:
         self.kv.check_integrity()
-        live = {r.request_id for r in [*self.scheduler.waiting, *self.scheduler.running]}
+        scheduler = self.scheduler
+        queued = [*scheduler.waiting, *scheduler.running, *self.imports.requests]
+        live = {r.request_id for r in queued}
         assert live == set(self._states), "scheduler and output states disagree"

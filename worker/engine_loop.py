@@ -38,9 +38,9 @@ class Shutdown(Exception):
 
 
 class CommandSource(Protocol):
-    def get(self, block: bool) -> Command | None:
-        """The next command; if none is queued, None, or with ``block`` the next to come.
-        Raises Shutdown when the loop must stop."""
+    def get(self, timeout_s: float | None) -> Command | None:
+        """The next command, waiting up to ``timeout_s`` for one (None: for ever); None if
+        none came. Raises Shutdown when the loop must stop."""
 
 
 class Sink(Protocol):
@@ -52,13 +52,15 @@ class Sink(Protocol):
 
 
 def run(engine: Engine, commands: CommandSource, sink: Sink) -> None:
-    """Until Shutdown: apply every queued command (waiting for one while the engine is idle),
-    then step. Anything else the step raises propagates: the caller fails every stream."""
+    """Until Shutdown: apply every queued command (waiting for one while the engine is idle,
+    but not past the end of a KV lease), then step. Anything else the step raises
+    propagates: the caller fails every stream."""
     while True:
-        block = not engine.has_unfinished()
-        while (command := commands.get(block)) is not None:
+        wait_s = engine.idle_wait_s()
+        while (command := commands.get(wait_s)) is not None:
             apply(engine, command, sink)
-            block = False
+            wait_s = 0.0
+        engine.expire_leases()
         if engine.has_unfinished():
             outputs = engine.step()
             if outputs:

@@ -147,9 +147,9 @@ class _Channel:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def get(self, block: bool) -> Command | None:
+    def get(self, timeout_s: float | None) -> Command | None:
         try:
-            if not block and not self.conn.poll():
+            if timeout_s is not None and not self.conn.poll(timeout_s):
                 return None
             command = self.conn.recv()
         except EOFError:  # the serving process is gone

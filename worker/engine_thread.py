@@ -41,9 +41,9 @@ class ThreadRunner:
         if not self._thread.is_alive():  # never under a step still running
             self.engine.shutdown()
 
-    def get(self, block: bool) -> Command | None:
+    def get(self, timeout_s: float | None) -> Command | None:
         try:
-            command = self._queue.get(block=block)
+            command = self._queue.get(block=timeout_s != 0, timeout=timeout_s or None)
         except queue.Empty:
             return None
         if command is None:

@@ -18,6 +18,9 @@ class KVCacheManager:
         self.pool = BlockPool(num_blocks, enable_caching)
         self._blocks: dict[str, list[KVBlock]] = {}
         self._num_cached_blocks: dict[str, int] = {}
+        # Blocks kept past their request's end for another replica to read: by request id,
+        # with when the lease runs out (time.monotonic()).
+        self._leases: dict[str, tuple[list[KVBlock], float]] = {}
         self.prefix_queries = 0  # tokens looked up in the prefix cache
         self.prefix_hits = 0  # of which found
 
@@ -102,6 +105,36 @@ class KVCacheManager:
         self._num_cached_blocks.pop(request.request_id, None)
         self.pool.free(reversed(blocks))
 
+    def lease(self, request: Request, expires_at: float) -> None:
+        """Keep the request's blocks held after it ends, until ``release`` or until
+        ``expire`` runs past ``expires_at`` (monotonic seconds)."""
+        blocks = self._blocks.pop(request.request_id, [])
+        self._num_cached_blocks.pop(request.request_id, None)
+        self._leases[request.request_id] = (blocks, expires_at)
+
+    def release(self, request_id: str) -> bool:
+        """End a lease early (its reader is done); False if there is none."""
+        lease = self._leases.pop(request_id, None)
+        if lease is None:
+            return False
+        self.pool.free(reversed(lease[0]))
+        return True
+
+    def expire(self, now: float) -> list[str]:
+        """End the leases that ran out by ``now``; their request ids."""
+        expired = [rid for rid, (_, expires_at) in self._leases.items() if expires_at <= now]
+        for request_id in expired:
+            self.release(request_id)
+        return expired
+
+    def next_expiry(self) -> float | None:
+        """When the first lease runs out; None if nothing is leased."""
+        return min((expires_at for _, expires_at in self._leases.values()), default=None)
+
+    @property
+    def num_leased_blocks(self) -> int:
+        return sum(len(blocks) for blocks, _ in self._leases.values())
+
     def load_report(
         self,
         waiting: Iterable[Request],
@@ -129,11 +162,12 @@ class KVCacheManager:
         )
 
     def check_integrity(self) -> None:
-        """Pool invariants, plus: each block's ref_cnt equals the number of block tables holding
-        it, and no request holds a block twice."""
+        """Pool invariants, plus: each block's ref_cnt equals the number of block tables (and
+        leases) holding it, and none holds a block twice."""
         self.pool.check_integrity()
         holders = [0] * self.pool.num_blocks
-        for request_id, blocks in self._blocks.items():
+        tables = [*self._blocks.items(), *((r, b) for r, (b, _) in self._leases.items())]
+        for request_id, blocks in tables:
             ids = [b.block_id for b in blocks]
             assert len(set(ids)) == len(ids), f"request {request_id} holds a block twice"
             for block_id in ids:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from worker.kv_transfer import KVHandle
 from worker.sampling_params import SamplingParams
 
 
@@ -13,12 +14,19 @@ from worker.sampling_params import SamplingParams
 class GenerationRequest:
     """A request that passed validation (worker.request_builder.RequestBuilder is the only thing
     that makes one): its prompt is token ids within the vocabulary and the context, and its
-    parameters are within the engine's limits. Engines run it without checking again."""
+    parameters are within the engine's limits. Engines run it without checking again.
+
+    Disaggregated serving sets one of the last two: ``kv_lease_s`` on the prefill replica's
+    request (its final output carries a KVHandle, and the prompt's blocks stay held for that
+    long unless released first), ``kv_source`` on the decode replica's (pull the prompt's KV
+    from that handle instead of computing it; recompute if the pull fails)."""
 
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     cache_salt: str | None = None
+    kv_lease_s: float | None = None
+    kv_source: KVHandle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +57,6 @@ class RequestOutput:
     time_to_first_token_s: float | None = None
     error: str | None = None
     served_by: str | None = None  # the replica's id, set on the final output when routed
+    prefilled_by: str | None = None  # disaggregated: the prefill replica's id, likewise
+    num_transferred_tokens: int = 0  # prompt tokens whose KV was pulled from a prefill replica
+    kv_handle: KVHandle | None = None  # a prefill request's final output: where its KV is

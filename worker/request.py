@@ -57,6 +57,7 @@ class Request:
         self.num_computed_tokens = 0
         self.num_cached_tokens = -1  # prefix-cache hit at first scheduling; -1 until then
         self.num_preemptions = 0
+        self.num_transferred_tokens = 0  # prompt tokens whose KV another replica computed
         # Tokens sampled by a step still in flight, not yet appended: a scheduler that runs
         # ahead schedules the next position already, its input filled in by the runner.
         self.num_pending_samples = 0

@@ -89,8 +89,24 @@ class Scheduler:
     def num_unfinished(self) -> int:
         return len(self.waiting) + len(self.running)
 
-    def add(self, request: Request) -> None:
-        self.waiting.append(request)
+    def add(self, request: Request, front: bool = False) -> None:
+        if front:
+            self.waiting.appendleft(request)
+        else:
+            self.waiting.append(request)
+
+    @property
+    def has_free_slot(self) -> bool:
+        return len(self.running) < self.config.max_num_seqs
+
+    def resume(self, request: Request, num_cached_tokens: int) -> None:
+        """Run a request that already holds its blocks, filled up to ``num_computed_tokens``
+        by some other means (KV pulled from another replica); ``num_cached_tokens`` of them
+        were this replica's own prefix-cache hits."""
+        request.num_cached_tokens = num_cached_tokens
+        request.first_scheduled_time = time.monotonic()
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
 
     def schedule(self, max_seqs: int | None = None) -> SchedulerOutput:
         """The next batch. ``max_seqs`` caps its sequences (to split requests among batches in

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
+from worker.kv_transfer import KVSource
+from worker.kv_transfer.transport import KVTransferError
 from worker.sampler import SampledToken
 from worker.step_input import StepInput
 
@@ -27,3 +30,28 @@ class Executor(ABC):
 
     @abstractmethod
     def shutdown(self) -> None: ...
+
+    # KV transfer between replicas (worker/kv_transfer): each rank moves its own shard.
+
+    def open_kv_transport(self, kind: str, agent_name: str) -> bool:
+        """Open each rank's transport (see worker.kv_transfer.transport.make_transport);
+        whether a reader reads the source blocks in place (so they must stay leased)."""
+        raise KVTransferError(
+            "KV transfer between replicas needs tensor_parallel_size = "
+            "pipeline_parallel_size = 1 in this version"
+        )
+
+    def export_kv(self, block_ids: Sequence[int]) -> list[KVSource]:
+        """Each rank's source for ``block_ids``, in rank order."""
+        raise KVTransferError("no KV transport is open")
+
+    def fetch_kv(
+        self,
+        sources: Sequence[KVSource],
+        src_block_ids: Sequence[int],
+        dst_block_ids: Sequence[int],
+        timeout_s: float,
+    ) -> None:
+        """Every rank copies its source's blocks into its own; KVTransferError if any fails.
+        Called only while no step is in flight."""
+        raise KVTransferError("no KV transport is open")

@@ -6,15 +6,53 @@ import queue
 import threading
 import weakref
 from collections import deque
+from collections.abc import Sequence
 
 from worker.errors import WorkerFailedError
 from worker.executor.base import Executor
+from worker.kv_transfer import KVSource
+from worker.kv_transfer.transport import KVTransferError, KVTransport, make_transport
 from worker.model_runner import ModelRunner
 from worker.sampler import SampledToken
 from worker.step_input import StepInput
 
 
-class LocalExecutor(Executor):
+class InProcessExecutor(Executor):
+    """A single rank whose runner (and KV cache) lives in this process."""
+
+    runner: ModelRunner
+    kv_transport: KVTransport | None = None
+
+    def open_kv_transport(self, kind: str, agent_name: str) -> bool:
+        self.kv_transport = make_transport(kind, self.runner.kv_caches, agent_name)
+        return self.kv_transport.holds_blocks
+
+    def export_kv(self, block_ids: Sequence[int]) -> list[KVSource]:
+        return [self._transport().export(block_ids)]
+
+    def fetch_kv(
+        self,
+        sources: Sequence[KVSource],
+        src_block_ids: Sequence[int],
+        dst_block_ids: Sequence[int],
+        timeout_s: float,
+    ) -> None:
+        if len(sources) != 1:
+            raise KVTransferError(f"the source has {len(sources)} ranks, this replica 1")
+        self._transport().fetch(sources[0], src_block_ids, dst_block_ids, timeout_s)
+
+    def _transport(self) -> KVTransport:
+        if self.kv_transport is None:
+            raise KVTransferError("no KV transport is open")
+        return self.kv_transport
+
+    def close_kv_transport(self) -> None:
+        if self.kv_transport is not None:
+            self.kv_transport.close()
+            self.kv_transport = None
+
+
+class LocalExecutor(InProcessExecutor):
     """Runs each step at submission, in the caller's thread."""
 
     def __init__(self, runner: ModelRunner) -> None:
@@ -31,9 +69,10 @@ class LocalExecutor(Executor):
 
     def shutdown(self) -> None:
         self._done.clear()
+        self.close_kv_transport()
 
 
-class OverlappingExecutor(Executor):
+class OverlappingExecutor(InProcessExecutor):
     """Runs steps, in submission order, on a thread of its own, so that the engine schedules
     and prepares step N+1 and processes step N-1's outputs while step N runs (torch releases
     the GIL in its kernels). Two steps are in flight: the second is scheduled before the
@@ -81,6 +120,7 @@ class OverlappingExecutor(Executor):
     def shutdown(self) -> None:
         self._steps.put(None)
         self._thread.join(timeout=30)
+        self.close_kv_transport()
 
     def __del__(self) -> None:
         self._steps.put(None)

@@ -1,0 +1,62 @@
+"""What a KV block holds, field by field: two engines may exchange blocks only if they agree."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from worker.errors import KVFleetError
+
+
+class KVLayoutMismatchError(KVFleetError):
+    """Two engines' KV blocks are laid out differently; the message names each difference."""
+
+
+@dataclass(frozen=True, slots=True)
+class KVLayout:
+    """Everything that decides a KV block's bytes. ``model`` is a digest of the checkpoint's
+    config.json and name (blocks computed by other weights are garbage however they are
+    shaped); ``kv_heads_per_rank`` is what each tensor-parallel rank holds."""
+
+    model: str
+    dtype: str
+    kv_dtype: str
+    block_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    kv_heads_per_rank: int
+
+    @property
+    def compat_hash(self) -> str:
+        fields = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(fields.encode()).hexdigest()[:16]
+
+    @property
+    def block_bytes(self) -> int:
+        """One block's keys or values in one layer of one rank."""
+        return self.block_size * self.kv_heads_per_rank * self.head_dim * _ITEMSIZE[self.kv_dtype]
+
+    def differences(self, other: KVLayout) -> list[str]:
+        """Each field that differs, as "name: ours vs theirs"."""
+        ours, theirs = dataclasses.asdict(self), dataclasses.asdict(other)
+        return [f"{k}: {ours[k]} vs {theirs[k]}" for k in ours if ours[k] != theirs[k]]
+
+    def check_compatible(self, source: KVLayout) -> None:
+        """Raise KVLayoutMismatchError naming every difference from ``source``'s layout."""
+        differences = self.differences(source)
+        if differences:
+            raise KVLayoutMismatchError(
+                "the prefill replica's KV layout differs from this one's: " + "; ".join(differences)
+            )
+
+
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def model_digest(name: str, config_json: bytes) -> str:
+    return f"{name}@{hashlib.sha256(config_json).hexdigest()[:12]}"
