@@ -1,5 +1,6 @@
 """The Serve application: a pool of engine replicas behind kvfleet's request router, a fixed
-number of them or as many as its autoscaling policy asks for."""
+number of them or as many as its autoscaling policy asks for; or, disaggregated, a prefill and
+a decode pool, each a deployment of its own with its own router, scale and engines."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
 
 from cluster import cluster_config
-from cluster.cluster_config import AutoscalingSettings, ClusterConfig, Pools
+from cluster.cluster_config import AutoscalingSettings, ClusterConfig, Pool, Pools
 from cluster.replica import EngineReplica
 from worker.errors import KVFleetError
 
 DEPLOYMENT = "engine"
+DEPLOYMENTS = {"colocated": DEPLOYMENT, "prefill": "prefill", "decode": "decode"}  # by pool
 POLICIES = {
     "kvfleet": "cluster.request_router:PrefixAwareRequestRouter",
     "round_robin": "cluster.request_router:RoundRobinRequestRouter",
@@ -43,15 +45,20 @@ def app_builder(args: dict[str, Any]) -> Application:
 
 
 def build_app(config: ClusterConfig) -> Application:
-    """``config.redis.url`` None runs the routers on their predicted entries alone."""
-    return engine_deployment(config).bind(*replica_args(config))
+    """``config.redis.url`` None runs the routers on their predicted entries alone. A
+    disaggregated application's ingress is the decode pool, whose replicas hold a handle to
+    the prefill pool (to release the blocks they pulled)."""
+    if not config.disaggregated:
+        return engine_deployment(config).bind(*replica_args(config))
+    prefill = engine_deployment(config, "prefill").bind(*replica_args(config, "prefill"))
+    return engine_deployment(config, "decode").bind(*replica_args(config, "decode"), prefill)
 
 
-def replica_args(config: ClusterConfig) -> tuple[Any, ...]:
-    """EngineReplica's constructor arguments."""
-    pool = config.pool
+def replica_args(config: ClusterConfig, pool_name: str = "colocated") -> tuple[Any, ...]:
+    """EngineReplica's constructor arguments, for the replicas of pool ``pool_name``."""
+    pool = config.pools.active()[pool_name]
     return (
-        config.engine_config(),
+        config.engine_config(pool_name),
         config.redis.url,
         config.app_name,
         pool.engine.torch_threads,
@@ -60,10 +67,10 @@ def replica_args(config: ClusterConfig) -> tuple[Any, ...]:
     )
 
 
-def engine_deployment(config: ClusterConfig) -> Deployment:
+def engine_deployment(config: ClusterConfig, pool_name: str = "colocated") -> Deployment:
     """The pool's Serve deployment, before its replicas' arguments are bound."""
-    pool = config.pool
-    engine = config.engine_config()
+    pool = config.pools.active()[pool_name]
+    engine = config.engine_config(pool_name)
     # A plain dict: pydantic's generated signature confuses mypy.
     router_options: dict[str, Any] = {
         "request_router_class": POLICIES[config.router.policy],
@@ -71,13 +78,14 @@ def engine_deployment(config: ClusterConfig) -> Deployment:
             "config": config.router.router_config(engine.block_size).to_json(),
             "redis_url": config.redis.url,
             "namespace": config.app_name,
+            "deployment": DEPLOYMENTS[pool_name],
         },
         "request_routing_stats_period_s": config.router.stats_period_s,
         "request_routing_stats_timeout_s": max(1.0, 5 * config.router.stats_period_s),
     }
     scaling = pool.autoscaling
     deployment: Deployment = serve.deployment(
-        name=DEPLOYMENT,
+        name=DEPLOYMENTS[pool_name],
         num_replicas="auto" if scaling else pool.replicas,
         autoscaling_config=autoscaling_config(scaling, pool.replicas) if scaling else None,
         max_ongoing_requests=pool.max_ongoing_requests,
@@ -118,35 +126,54 @@ def application_schema(config: ClusterConfig) -> ServeApplicationSchema:
     the cluster config without the pool's scale, which goes into the deployment's options
     instead: Serve applies a change of those alone in place, keeping the replicas that stay,
     where any other change rebuilds the application."""
-    pool, scaling = config.pool, config.pool.autoscaling
-    unscaled: dict[str, Any] = {"replicas": 1}
-    if scaling is not None:
-        unscaled["autoscaling"] = scaling.model_copy(update=dict.fromkeys(SCALE_KEYS, 1))
-    unscaled_pool = pool.model_copy(update=unscaled)
+    unscaled_pools: dict[str, Pool] = {}
+    deployments = []
+    for name, pool in config.pools.active().items():
+        scaling = pool.autoscaling
+        unscaled: dict[str, Any] = {"replicas": 1}
+        if scaling is not None:
+            unscaled["autoscaling"] = scaling.model_copy(update=dict.fromkeys(SCALE_KEYS, 1))
+        unscaled_pools[name] = pool.model_copy(update=unscaled)
+        if scaling is None:
+            scale: dict[str, Any] = {"num_replicas": pool.replicas}
+        else:
+            serve_config = autoscaling_config(scaling, pool.replicas)
+            scale = {"num_replicas": "auto", "autoscaling_config": serve_config.model_dump()}
+        deployments.append(DeploymentSchema(name=DEPLOYMENTS[name], **scale))
     # The chat template is the front doors' (a file where they run, not where Serve builds).
     replicas_router = config.router.model_copy(update={"chat_template": None})
     built_from = config.model_copy(
-        update={"pools": Pools(colocated=unscaled_pool), "router": replicas_router}
+        update={"pools": Pools(**unscaled_pools), "router": replicas_router}
     )
-    if scaling is None:
-        scale: dict[str, Any] = {"num_replicas": pool.replicas}
-    else:
-        serve_config = autoscaling_config(scaling, pool.replicas)
-        scale = {"num_replicas": "auto", "autoscaling_config": serve_config.model_dump()}
+    args = json.loads(built_from.model_dump_json())
+    if config.disaggregated:
+        del args["pools"]["colocated"]  # only one kind of pool may be set
     return ServeApplicationSchema(
         name=config.app_name,
         import_path=APP_BUILDER,
-        args=json.loads(built_from.model_dump_json()),
+        args=args,
         route_prefix=None,
-        deployments=[DeploymentSchema(name=DEPLOYMENT, **scale)],
+        deployments=deployments,
     )
+
+
+def deployed_config(app_name: str) -> ClusterConfig:
+    """The cluster config a running application was deployed from (its scale aside)."""
+    client = _get_global_client()
+    assert client is not None, "not connected to Serve"
+    app = client.get_serve_details().get("applications", {}).get(app_name)
+    deployed = app.get("deployed_app_config") if app else None
+    if not deployed:
+        raise DeployError(f"application {app_name!r} is not deployed declaratively")
+    return cluster_config.load(deployed["args"])
 
 
 def deploy(config: ClusterConfig, timeout_s: float = DEPLOY_TIMEOUT_S) -> DeploymentHandle:
     """Run the application on the connected Ray cluster (no HTTP proxy: the front doors are
     kvfleet's own) and wait until it runs."""
     apply(application_schema(config), timeout_s)
-    return serve.get_deployment_handle(DEPLOYMENT, app_name=config.app_name)
+    ingress = DEPLOYMENTS["decode" if config.disaggregated else "colocated"]
+    return serve.get_deployment_handle(ingress, app_name=config.app_name)
 
 
 def apply(schema: ServeApplicationSchema, timeout_s: float = DEPLOY_TIMEOUT_S) -> None:

@@ -13,6 +13,13 @@ values.schema.json reuses.
         autoscaling: {min_replicas: 1, max_replicas: 4}
     router: {policy: kvfleet, grpc_port: 50051, http_port: 8000}
     redis: {url: null}               # null: `kvfleet up` starts a redis-server on loopback
+
+Disaggregated serving replaces the colocated pool with two, and says how prompts move:
+
+    pools:
+      prefill: {replicas: 1}
+      decode: {replicas: 2}
+    disaggregation: {kv_transport: auto, local_prefill_tokens: 256}
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -192,7 +200,8 @@ class Pool(_Section):
             raise ValueError(f"engine: {exc}") from None
         return self
 
-    def engine_config(self, model: Path) -> EngineConfig:
+    def engine_config(self, model: Path, **transfer: Any) -> EngineConfig:
+        """``transfer``: the KV-transfer settings of a disaggregated pool's engines."""
         engine = self.engine.model_dump(exclude={"kv_cache_mb", "torch_threads"})
         return EngineConfig(
             model=model,
@@ -202,11 +211,72 @@ class Pool(_Section):
             layer_split=self.parallelism.layer_split,
             placement=self.parallelism.placement,
             **engine,
+            **transfer,
         )
 
 
+# Engine settings that decide the bytes of a KV block: a prefill and a decode pool must agree.
+_LAYOUT_KEYS = ("dtype", "block_size", "load_format", "seed")
+
+
 class Pools(_Section):
+    """Either one colocated pool (the default), or a prefill and a decode pool."""
+
     colocated: Pool = Pool()
+    prefill: Pool | None = None
+    decode: Pool | None = None
+
+    @model_validator(mode="after")
+    def _mode(self) -> Pools:
+        if (self.prefill is None) != (self.decode is None):
+            given = "prefill" if self.prefill is not None else "decode"
+            raise ValueError(f"{given} is set without the other: set both or neither")
+        if self.prefill is None or self.decode is None:
+            return self
+        if "colocated" in self.model_fields_set:
+            raise ValueError("colocated cannot be set with prefill and decode")
+        for name, pool in (("prefill", self.prefill), ("decode", self.decode)):
+            if pool.parallelism.tensor != 1 or pool.parallelism.pipeline != 1:
+                raise ValueError(
+                    f"{name}.parallelism: disaggregated pools need tensor = pipeline = 1 "
+                    "in this version (KV transfer between multi-rank replicas is not built yet)"
+                )
+        for key in _LAYOUT_KEYS:
+            ours, theirs = getattr(self.prefill.engine, key), getattr(self.decode.engine, key)
+            if ours != theirs:
+                raise ValueError(
+                    f"prefill.engine.{key} ({ours}) and decode.engine.{key} "
+                    f"({theirs}) differ: KV blocks would not be exchangeable"
+                )
+        return self
+
+    def active(self) -> dict[str, Pool]:
+        """The pools that run, by name."""
+        if self.prefill is not None and self.decode is not None:
+            return {"prefill": self.prefill, "decode": self.decode}
+        return {"colocated": self.colocated}
+
+
+class DisaggregationSettings(_Section):
+    """How a disaggregated fleet moves a prompt from its prefill pool to its decode pool."""
+
+    kv_transport: Literal["auto", "nixl", "packed"] = Field(
+        default="auto", description="auto: NIXL where it is installed, else packed"
+    )
+    kv_lease_s: PositiveFloat = Field(
+        default=30.0,
+        description="how long a prefill replica holds a prompt's blocks for the decode side "
+        "when nobody releases them",
+    )
+    transfer_timeout_s: PositiveFloat = Field(
+        default=_default(EngineConfig, "kv_transfer_timeout_s"),
+        description="a pull not done by then is abandoned: the decode replica prefills",
+    )
+    local_prefill_tokens: NonNegativeInt = Field(
+        default=256,
+        description="a prompt with at most this many tokens not cached on the decode pool "
+        "is prefilled there, not sent to the prefill pool",
+    )
 
 
 class TLSSettings(_Section):
@@ -293,17 +363,30 @@ class ClusterConfig(_Section):
     model: Path
     app_name: str = Field(default="kvfleet", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     pools: Pools = Pools()
+    disaggregation: DisaggregationSettings = DisaggregationSettings()
     router: RouterSettings = RouterSettings()
     redis: RedisSettings = RedisSettings()
     ray: RaySettings = RaySettings()
 
     @property
+    def disaggregated(self) -> bool:
+        return self.pools.prefill is not None
+
+    @property
     def pool(self) -> Pool:
-        """The colocated pool (the only kind until disaggregated pools land)."""
+        """The colocated pool."""
         return self.pools.colocated
 
-    def engine_config(self) -> EngineConfig:
-        return self.pool.engine_config(self.model)
+    def engine_config(self, pool: str = "colocated") -> EngineConfig:
+        """The engines of pool ``pool`` (a name of ``pools.active()``)."""
+        if pool == "colocated":
+            return self.pool.engine_config(self.model)
+        transfer = self.disaggregation
+        return self.pools.active()[pool].engine_config(
+            self.model,
+            kv_transport=transfer.kv_transport,
+            kv_transfer_timeout_s=transfer.transfer_timeout_s,
+        )
 
 
 def load(data: dict[str, Any]) -> ClusterConfig:

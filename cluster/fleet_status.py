@@ -73,13 +73,15 @@ class FleetStatus:
         }
 
 
-def kv_states(app_name: str, timeout_s: float = QUERY_TIMEOUT_S) -> dict[str, KVState]:
+def kv_states(
+    app_name: str, deployment: str = DEPLOYMENT, timeout_s: float = QUERY_TIMEOUT_S
+) -> dict[str, KVState]:
     """Every live replica's KV state by replica id. Each query is pinned to its replica, which
     checks its block pool's invariants before it answers (a broken pool fails the query)."""
-    handle = serve.get_deployment_handle(DEPLOYMENT, app_name=app_name)
+    handle = serve.get_deployment_handle(deployment, app_name=app_name)
     return {
         replica_id: handle.kv_state.remote(Pinned(replica_id)).result(timeout_s=timeout_s)
-        for replica_id in running_replicas(app_name)
+        for replica_id in running_replicas(app_name, deployment)
     }
 
 

@@ -13,10 +13,12 @@ from typing import Any, TypeVar
 
 from ray import serve
 
-from cluster.app import DEPLOYMENT
+from cluster.app import DEPLOYMENTS, deployed_config
+from cluster.disaggregated_backend import DisaggregatedBackend
 from cluster.http_options import HTTPOptions
 from cluster.serve_backend import ServeBackend
 from router.auth import TokenAuth
+from router.disaggregation import DisaggregationPolicy
 from router.front_doors import FrontDoors, open_front_doors
 from router.tls import TLSConfig
 from worker.config import EngineConfig
@@ -33,7 +35,7 @@ class FrontDoor:
     """Both front doors over one ServeBackend."""
 
     doors: FrontDoors
-    backend: ServeBackend
+    backend: ServeBackend | DisaggregatedBackend
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.doors.stop(grace_s)
@@ -49,15 +51,27 @@ async def start_front_door(
     tls: TLSConfig | None = None,
     auth: TokenAuth | None = None,
 ) -> FrontDoor:
-    """Serve the application's engine deployment on host:port (gRPC) and host:http.port (HTTP).
-    The engine configuration comes from a replica, so the front door validates and hashes
-    exactly as the replicas do. Call on the event loop that will serve the calls, in a process
-    connected to the Ray cluster."""
-    handle = serve.get_deployment_handle(DEPLOYMENT, app_name=app_name)
-    config: EngineConfig = await handle.engine_config.remote()
-    requests = RequestBuilder.for_config(config)
-    backend = ServeBackend(handle, requests, config.model.name, app_name, max_queued_requests)
-    template = http.chat_template_for(config.model) if http.port else None
+    """Serve the application on host:port (gRPC) and host:http.port (HTTP): its engine
+    deployment, or its prefill and decode pools when it was deployed disaggregated. The engine
+    configuration comes from a replica, so the front door validates and hashes exactly as the
+    replicas do. Call on the event loop that will serve the calls, in a process connected to
+    the Ray cluster."""
+    cluster = await asyncio.to_thread(deployed_config, app_name)
+    pools = ("prefill", "decode") if cluster.disaggregated else ("colocated",)
+    backends = []
+    for pool in pools:
+        handle = serve.get_deployment_handle(DEPLOYMENTS[pool], app_name=app_name)
+        engine: EngineConfig = await handle.engine_config.remote()
+        requests = RequestBuilder.for_config(engine)
+        backends.append(
+            ServeBackend(handle, requests, engine.model.name, app_name, max_queued_requests)
+        )
+    backend: ServeBackend | DisaggregatedBackend = backends[0]
+    if cluster.disaggregated:
+        settings = cluster.disaggregation
+        policy = DisaggregationPolicy(settings.local_prefill_tokens, settings.kv_lease_s)
+        backend = DisaggregatedBackend(backends[0], backends[1], policy)
+    template = http.chat_template_for(engine.model) if http.port else None
     await backend.start()
     try:
         doors = await open_front_doors(

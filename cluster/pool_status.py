@@ -26,9 +26,9 @@ class ReplicaCounts:
         return self.running + self.starting + self.stopping
 
 
-def replica_counts(app_name: str) -> ReplicaCounts:
+def replica_counts(app_name: str, deployment_name: str = DEPLOYMENT) -> ReplicaCounts:
     """In a process connected to the Ray cluster."""
-    deployment = _details(app_name)
+    deployment = _details(app_name, deployment_name)
     if deployment is None:
         return ReplicaCounts(0, 0, 0, 0)
     states = Counter(_name(replica["state"]) for replica in deployment["replicas"])
@@ -45,14 +45,14 @@ def _name(state: object) -> str:
     return str(getattr(state, "value", state))
 
 
-def running_replicas(app_name: str) -> list[str]:
+def running_replicas(app_name: str, deployment_name: str = DEPLOYMENT) -> list[str]:
     """The ids of the replicas that run (not those starting or draining), sorted."""
-    deployment = _details(app_name)
+    deployment = _details(app_name, deployment_name)
     replicas = deployment["replicas"] if deployment is not None else []
     return sorted(r["replica_id"] for r in replicas if _name(r["state"]) == "RUNNING")
 
 
-def _details(app_name: str) -> dict[str, Any] | None:
+def _details(app_name: str, deployment_name: str) -> dict[str, Any] | None:
     """The deployment's details from Serve's controller (its public status has no target
     count; these instance details, which `serve status` reads too, have it)."""
     client = _get_global_client()
@@ -60,6 +60,6 @@ def _details(app_name: str) -> dict[str, Any] | None:
         raise RuntimeError("Serve is not running on this Ray cluster")
     applications = client.get_serve_details().get("applications", {})
     deployment: dict[str, Any] | None = (
-        applications.get(app_name, {}).get("deployments", {}).get(DEPLOYMENT)
+        applications.get(app_name, {}).get("deployments", {}).get(deployment_name)
     )
     return deployment

@@ -3,7 +3,10 @@ its load for routing and publishes its KV events for the routers' indexes."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
+import logging
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -13,6 +16,7 @@ from typing import Any, cast
 import ray
 import torch
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from cluster import autoscaling_policy as signals
 from cluster.kv_publisher import KVEventPublisher
@@ -23,8 +27,12 @@ from worker.async_engine import AsyncEngine
 from worker.config import EngineConfig
 from worker.engine import Engine
 from worker.kv_events import KVEvent
+from worker.kv_transfer import KVHandle
 from worker.load_report import LoadReport
 from worker.messages import GenerationRequest, RequestOutput
+
+_log = logging.getLogger(__name__)
+RELEASE_TIMEOUT_S = 10.0  # past this the prefill replica's lease frees the blocks anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +62,11 @@ def replica_ids(app_name: str, deployment: str) -> list[str]:
 class EngineReplica:
     """The body of the Serve deployment (cluster/app.py wraps it). Its ``replica_id`` is Serve's
     unique replica id, the same one the request router sees, so events, load and routing
-    decisions all name a replica the same way."""
+    decisions all name a replica the same way.
+
+    In a disaggregated application a prefill replica's final outputs carry a KVHandle naming
+    it, and a decode replica, given ``prefill_pool`` (the prefill deployment), tells the
+    prefill replica to release the blocks once it has pulled them (or given up)."""
 
     def __init__(
         self,
@@ -64,7 +76,10 @@ class EngineReplica:
         torch_threads: int | None = None,
         ttft_window_s: float | None = None,
         metrics_endpoint: tuple[str, int] | None = None,
+        prefill_pool: DeploymentHandle | None = None,
     ) -> None:
+        self.prefill_pool = prefill_pool
+        self._releases: set[asyncio.Task[None]] = set()
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
@@ -95,14 +110,51 @@ class EngineReplica:
         Serve call (the client went away, a deadline passed) aborts the engine request."""
         stream = cast(AsyncGenerator[RequestOutput, None], self.engine.generate(request))
         started, ttft = time.monotonic(), self.ttft
-        async with aclosing(stream):
-            async for output in stream:
-                if ttft is not None and output.token_ids:
-                    ttft.observe(time.monotonic() - started)
-                    ttft = None  # the first token's time only
-                if output.finished:
-                    output = dataclasses.replace(output, served_by=self.replica_id)
-                yield output
+        pulled_from = request.kv_source  # the blocks are pulled before the first output
+        try:
+            async with aclosing(stream):
+                async for output in stream:
+                    if pulled_from is not None:
+                        self._release(pulled_from)
+                        pulled_from = None
+                    if ttft is not None and output.token_ids:
+                        ttft.observe(time.monotonic() - started)
+                        ttft = None  # the first token's time only
+                    if output.finished:
+                        output = self._stamped(output)
+                    yield output
+        finally:
+            if pulled_from is not None:  # ended (cancelled, failed) before its first output
+                self._release(pulled_from)
+
+    def _stamped(self, final: RequestOutput) -> RequestOutput:
+        handle = final.kv_handle
+        if handle is not None:
+            handle = dataclasses.replace(handle, replica_id=self.replica_id)
+        return dataclasses.replace(final, served_by=self.replica_id, kv_handle=handle)
+
+    def _release(self, handle: KVHandle) -> None:
+        """Tell the prefill replica it may free the blocks (in the background: the stream
+        does not wait; if the call fails, the lease ends it)."""
+        if self.prefill_pool is None or not handle.leased or not handle.replica_id:
+            return
+        call = self.prefill_pool.release_kv.remote(Pinned(handle.replica_id), handle.request_id)
+
+        async def release() -> None:
+            try:
+                await asyncio.wait_for(call, RELEASE_TIMEOUT_S)
+            except Exception:
+                call.cancel()
+                _log.warning("could not release %s on %s", handle.request_id, handle.replica_id)
+
+        task = asyncio.ensure_future(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def release_kv(self, pinned: Pinned, request_id: str) -> bool:
+        """Free the blocks exported under the engine's ``request_id``; False if none held."""
+        assert pinned.replica_id == self.replica_id, "routed to the wrong replica"
+        return await self.engine.call(functools.partial(Engine.release_kv, request_id=request_id))
 
     async def record_routing_stats(self) -> dict[str, Any]:
         """Serve polls this and hands the result to every router's RequestRouter: the load

@@ -56,7 +56,8 @@ class PrefixAwareRequestRouter(RequestRouter):
 
     def initialize_state(self, **kwargs: Any) -> None:
         """``kwargs`` as cluster/app.py builds them: ``config`` (a RouterConfig as JSON),
-        ``redis_url`` (None: predicted entries alone) and ``namespace`` (the KV-event keys')."""
+        ``redis_url`` (None: predicted entries alone), ``namespace`` (the KV-event keys', the
+        application's name) and ``deployment`` (the pool's)."""
         self.policy = PrefixAwarePolicy(RouterConfig.from_json(kwargs["config"]))
         redis_url: str | None = kwargs["redis_url"]
         self.subscriber: KVEventSubscriber | None = None
@@ -66,7 +67,7 @@ class PrefixAwareRequestRouter(RequestRouter):
         self._unrouted: OrderedDict[str, RoutingDecision] = OrderedDict()
         self._stats_seen: dict[str, int] = {}
         self.counts = RoutingCounts()
-        live_routers.LIVE[kwargs["namespace"]] = self
+        live_routers.LIVE[live_routers.key(kwargs["namespace"], kwargs["deployment"])] = self
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)

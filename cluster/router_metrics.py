@@ -18,8 +18,9 @@ class RouterCollector(Collector):
     """Reads the application's live request router in this process when scraped (none yet:
     only the front door's own figures)."""
 
-    def __init__(self, app_name: str, in_flight: Callable[[], int]) -> None:
+    def __init__(self, app_name: str, deployment: str, in_flight: Callable[[], int]) -> None:
         self.app_name = app_name
+        self.deployment = deployment
         self.in_flight = in_flight
 
     def collect(self) -> Iterator[Metric]:
@@ -28,7 +29,7 @@ class RouterCollector(Collector):
         )
         queue.add_metric([], self.in_flight())
         yield queue
-        router = live_routers.LIVE.get(self.app_name)
+        router = live_routers.LIVE.get(live_routers.key(self.app_name, self.deployment))
         if router is None:
             return
         counts = router.counts

@@ -117,7 +117,8 @@ class ServeBackend(Backend):
         return self.num_running_replicas > 0
 
     def metrics_collectors(self) -> list[Collector]:
-        return [RouterCollector(self.app_name, lambda: len(self._running))]
+        deployment = self.handle.deployment_name
+        return [RouterCollector(self.app_name, deployment, lambda: len(self._running))]
 
     async def _poll_status(self) -> None:
         while True:

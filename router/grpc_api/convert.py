@@ -73,6 +73,7 @@ def finished(output: RequestOutput) -> pb.Finished:
             prompt_tokens=output.num_prompt_tokens,
             completion_tokens=output.num_output_tokens,
             cached_tokens=output.num_cached_tokens,
+            transferred_tokens=output.num_transferred_tokens,
         ),
         timings=pb.Timings(
             queue_time_s=output.queue_time_s or 0.0,
@@ -80,6 +81,7 @@ def finished(output: RequestOutput) -> pb.Finished:
         ),
         error=output.error or "",
         replica=output.served_by or "",
+        prefill_replica=output.prefilled_by or "",
     )
     if isinstance(output.stop_reason, str):
         message.stop_string = output.stop_reason

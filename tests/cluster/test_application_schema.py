@@ -46,3 +46,14 @@ def test_what_replicas_are_built_from_changes_the_code_version() -> None:
         {"pools.colocated.autoscaling.target_waiting_per_replica": 8},
     )
     assert _version(cluster_config.load(targets)) != _version(AUTOSCALED)
+
+
+def test_a_disaggregated_application_has_a_deployment_per_pool() -> None:
+    config = cluster_config.load(
+        {"model": "/m", "pools": {"prefill": {"replicas": 1}, "decode": {"replicas": 3}}}
+    )
+    schema = application_schema(config)
+    assert {d.name: d.num_replicas for d in schema.deployments} == {"prefill": 1, "decode": 3}
+    rebuilt = cluster_config.load(schema.args)  # what Serve's replicas are built from
+    assert rebuilt.disaggregated
+    assert rebuilt.disaggregation == config.disaggregation

@@ -46,7 +46,24 @@ def test_pool_settings_reach_the_engine_config() -> None:
     ("data", "message"),
     [
         ({}, "model: Field required"),
-        ({"model": "/m", "modle": 1}, "modle: unknown key (allowed here: app_name, model, pools"),
+        ({"model": "/m", "modle": 1}, "modle: unknown key (allowed here: app_name, disagg"),
+        ({"model": "/m", "pools": {"prefill": {}}}, "pools: prefill is set without the other"),
+        (
+            {"model": "/m", "pools": {"colocated": {}, "prefill": {}, "decode": {}}},
+            "pools: colocated cannot be set with prefill and decode",
+        ),
+        (
+            {"model": "/m", "pools": {"prefill": {}, "decode": {"engine": {"block_size": 32}}}},
+            "pools: prefill.engine.block_size (16) and decode.engine.block_size (32) differ",
+        ),
+        (
+            {"model": "/m", "pools": {"prefill": {"parallelism": {"tensor": 2}}, "decode": {}}},
+            "pools: prefill.parallelism: disaggregated pools need tensor = pipeline = 1",
+        ),
+        (
+            {"model": "/m", "disaggregation": {"kv_transport": "tcp"}},
+            "disaggregation.kv_transport: Input should be 'auto', 'nixl' or 'packed'",
+        ),
         (
             {"model": "/m", "pools": {"colocated": {"engine": {"max_num_seq": 4}}}},
             "pools.colocated.engine.max_num_seq: unknown key (allowed here: async_scheduling,",
@@ -173,3 +190,22 @@ def test_the_json_schema_covers_every_key_with_its_default() -> None:
     }
     fields = {f.name for f in dataclasses.fields(EngineConfig)}
     assert set(engine) - {"kv_cache_mb", "torch_threads"} <= fields
+
+
+def test_disaggregated_pools_get_engines_with_the_transfer_settings() -> None:
+    config = cluster_config.load(
+        {
+            "model": "/m",
+            "pools": {"prefill": {"replicas": 1}, "decode": {"replicas": 3}},
+            "disaggregation": {"kv_transport": "packed", "transfer_timeout_s": 2.5},
+        }
+    )
+    assert config.disaggregated
+    assert {name: pool.replicas for name, pool in config.pools.active().items()} == {
+        "prefill": 1,
+        "decode": 3,
+    }
+    for pool in ("prefill", "decode"):
+        engine = config.engine_config(pool)
+        assert (engine.kv_transport, engine.kv_transfer_timeout_s) == ("packed", 2.5)
+    assert config.engine_config("colocated").kv_transport is None

@@ -36,10 +36,17 @@ class KVHandle:
     compat_hash: str
     sources: tuple[KVSource, ...]
     lease_expires_at: float
+    replica_id: str = ""  # the Serve replica of the prefill engine: whom to ask to release
 
     @property
     def transport(self) -> str:
         return self.sources[0].transport
+
+    @property
+    def leased(self) -> bool:
+        """Whether the source blocks are held for the reader (read in place), so the reader
+        should release them when done."""
+        return self.transport != "packed"
 
 
 def prompt_digest(token_ids: Sequence[int]) -> str:

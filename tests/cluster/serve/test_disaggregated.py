@@ -1,0 +1,103 @@
+"""A disaggregated application beside the colocated fleet on the same Ray cluster: a prefill and
+a decode pool, each a deployment with its own router, behind one gRPC front door. The client
+sees one ordinary stream whose final message names both replicas; greedy output equals the
+colocated fleet's; each pool's blocks all come back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ray import serve
+
+from cluster import cluster_config
+from cluster.app import DEPLOYMENTS, deploy
+from cluster.fleet_status import kv_states
+from cluster.front_door import FrontDoorThread
+from cluster.replica import KVState, replica_ids
+from protos.kvfleet.v1 import generation_pb2 as pb
+from router.client import GenerationClient
+from tests.cluster.serve.conftest import KV_CACHE_MB, Fleet
+from tests.net import free_port
+
+APP = "kvfleet-pd"
+LONG = "a prefill pool runs the prompt and the decode pool pulls its blocks " * 6
+SHORT = "hello there"
+LOCAL_PREFILL_TOKENS = 24  # prompts with more uncached tokens than this go to the prefill pool
+
+
+@pytest.fixture(scope="module")
+def disaggregated(fleet: Fleet, demo_model_dir: Path) -> Iterator[FrontDoorThread]:
+    engine = {"dtype": "float32", "kv_cache_mb": KV_CACHE_MB}
+    config = cluster_config.load(
+        {
+            "model": str(demo_model_dir),
+            "app_name": APP,
+            "pools": {
+                "prefill": {"replicas": 1, "engine": engine},
+                "decode": {"replicas": 1, "engine": engine},
+            },
+            "disaggregation": {"local_prefill_tokens": LOCAL_PREFILL_TOKENS},
+            "redis": {"url": fleet.redis.url},
+        }
+    )
+    deploy(config)
+    thread = FrontDoorThread(APP, port=free_port())
+    try:
+        yield thread
+    finally:
+        thread.stop()
+        serve.delete(APP)
+
+
+def _generate(target: str, prompt: str, max_tokens: int = 16) -> tuple[list[int], pb.Finished]:
+    with GenerationClient(target) as client:
+        tokens: list[int] = []
+        finished = None
+        for message in client.generate(prompt, max_tokens=max_tokens, temperature=0.0):
+            tokens += message.token_ids
+            if message.HasField("finished"):
+                finished = message.finished
+    assert finished is not None
+    return tokens, finished
+
+
+def _idle(state: KVState) -> bool:
+    return state.num_unfinished == 0 and state.num_free_blocks == state.num_blocks
+
+
+def _wait_until_idle(deployment: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = kv_states(APP, deployment)
+        if all(_idle(state) for state in states.values()):
+            return
+        assert time.monotonic() < deadline, f"{deployment}: blocks still held: {states}"
+        time.sleep(0.05)
+
+
+def test_a_long_prompt_is_prefilled_by_the_prefill_pool_and_decoded_by_the_other(
+    fleet: Fleet, disaggregated: FrontDoorThread
+) -> None:
+    expected, _ = _generate(fleet.target, LONG)
+    tokens, finished = _generate(disaggregated.target, LONG)
+    assert tokens == expected
+    assert finished.prefill_replica in replica_ids(APP, DEPLOYMENTS["prefill"])
+    assert finished.replica in replica_ids(APP, DEPLOYMENTS["decode"])
+    assert finished.usage.transferred_tokens == finished.usage.prompt_tokens - 1
+    # The decode replica released the prefill replica's lease once it had pulled.
+    _wait_until_idle(DEPLOYMENTS["prefill"])
+    _wait_until_idle(DEPLOYMENTS["decode"])
+
+
+def test_a_short_prompt_is_prefilled_where_it_decodes(
+    fleet: Fleet, disaggregated: FrontDoorThread
+) -> None:
+    expected, _ = _generate(fleet.target, SHORT)
+    tokens, finished = _generate(disaggregated.target, SHORT)
+    assert tokens == expected
+    assert finished.prefill_replica == ""
+    assert finished.usage.transferred_tokens == 0
+    _wait_until_idle(DEPLOYMENTS["decode"])
