@@ -157,15 +157,15 @@ def application_schema(config: ClusterConfig) -> ServeApplicationSchema:
     )
 
 
-def deployed_config(app_name: str) -> ClusterConfig:
-    """The cluster config a running application was deployed from (its scale aside)."""
+def deployed_config(app_name: str) -> ClusterConfig | None:
+    """The cluster config a running application was deployed from (its scale aside); None for
+    one deployed otherwise (``serve.run`` of a bound engine deployment, as some benchmarks
+    do), which is a colocated pool."""
     client = _get_global_client()
     assert client is not None, "not connected to Serve"
     app = client.get_serve_details().get("applications", {}).get(app_name)
     deployed = app.get("deployed_app_config") if app else None
-    if not deployed:
-        raise DeployError(f"application {app_name!r} is not deployed declaratively")
-    return cluster_config.load(deployed["args"])
+    return cluster_config.load(deployed["args"]) if deployed else None
 
 
 def deploy(config: ClusterConfig, timeout_s: float = DEPLOY_TIMEOUT_S) -> DeploymentHandle:

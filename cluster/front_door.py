@@ -57,7 +57,8 @@ async def start_front_door(
     replicas do. Call on the event loop that will serve the calls, in a process connected to
     the Ray cluster."""
     cluster = await asyncio.to_thread(deployed_config, app_name)
-    pools = ("prefill", "decode") if cluster.disaggregated else ("colocated",)
+    disaggregated = cluster is not None and cluster.disaggregated
+    pools = ("prefill", "decode") if disaggregated else ("colocated",)
     backends = []
     for pool in pools:
         handle = serve.get_deployment_handle(DEPLOYMENTS[pool], app_name=app_name)
@@ -67,7 +68,7 @@ async def start_front_door(
             ServeBackend(handle, requests, engine.model.name, app_name, max_queued_requests)
         )
     backend: ServeBackend | DisaggregatedBackend = backends[0]
-    if cluster.disaggregated:
+    if cluster is not None and cluster.disaggregated:
         settings = cluster.disaggregation
         policy = DisaggregationPolicy(settings.local_prefill_tokens, settings.kv_lease_s)
         backend = DisaggregatedBackend(backends[0], backends[1], policy)

@@ -11,7 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from router.client import GenerationClient
 from router.load_test import Timing, measure
 
-Prompt = Callable[[int, int], str]  # (client index, its request number) -> prompt text
+Prompt = Callable[[int, int], str | list[int]]  # (client index, its request number) -> prompt
 
 
 class ClosedLoop:

@@ -199,11 +199,16 @@ class Engine:
     def release_kv(self, request_id: str) -> bool:
         """The reader of an exported request's blocks is done: free them. False if they are
         not held (released already, expired, or never leased)."""
+        if self.config.kv_transport is not None:
+            self.executor.release_export(request_id)
         return self.kv.release(request_id)
 
     def expire_leases(self) -> list[str]:
         """Free the exported blocks whose lease ran out; their request ids."""
-        return self.kv.expire(time.monotonic())
+        expired = self.kv.expire(time.monotonic())
+        for request_id in expired:
+            self.executor.release_export(request_id)  # leases exist only with a transport
+        return expired
 
     def idle_wait_s(self) -> float | None:
         """How long the step loop may wait for a command: 0 with work to do, until the next
@@ -302,7 +307,7 @@ class Engine:
             return None
         num_blocks = -(-request.num_prompt_tokens // self.kv.block_size)
         block_ids = self.kv.block_ids(request.request_id)[:num_blocks]
-        sources = self.executor.export_kv(block_ids)
+        sources = self.executor.export_kv(block_ids, request.request_id)
         if self._kv_leased:
             self.kv.lease(request, time.monotonic() + lease_s)
         return make_handle(self.engine_id, request, block_ids, self.kv_layout, sources, lease_s)

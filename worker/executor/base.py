@@ -41,8 +41,12 @@ class Executor(ABC):
             "pipeline_parallel_size = 1 in this version"
         )
 
-    def export_kv(self, block_ids: Sequence[int]) -> list[KVSource]:
-        """Each rank's source for ``block_ids``, in rank order."""
+    def export_kv(self, block_ids: Sequence[int], key: str) -> list[KVSource]:
+        """Each rank's source for ``block_ids``, in rank order, held under ``key``."""
+        raise KVTransferError("no KV transport is open")
+
+    def release_export(self, key: str) -> None:
+        """Each rank drops what its export under ``key`` holds."""
         raise KVTransferError("no KV transport is open")
 
     def fetch_kv(

@@ -27,8 +27,12 @@ class InProcessExecutor(Executor):
         self.kv_transport = make_transport(kind, self.runner.kv_caches, agent_name)
         return self.kv_transport.holds_blocks
 
-    def export_kv(self, block_ids: Sequence[int]) -> list[KVSource]:
-        return [self._transport().export(block_ids)]
+    def export_kv(self, block_ids: Sequence[int], key: str) -> list[KVSource]:
+        return [self._transport().export(block_ids, key)]
+
+    def release_export(self, key: str) -> None:
+        if self.kv_transport is not None:
+            self.kv_transport.release(key)
 
     def fetch_kv(
         self,

@@ -33,7 +33,7 @@ class PackedTransport(KVTransport):
     def __init__(self, kv_caches: list[torch.Tensor]) -> None:
         self.kv_caches = kv_caches
 
-    def export(self, block_ids: Sequence[int]) -> PackedSource:
+    def export(self, block_ids: Sequence[int], key: str) -> PackedSource:
         index = torch.tensor(list(block_ids), dtype=torch.long)
         blocks = tuple(
             gather_blocks(cache, index).cpu().view(torch.uint8).numpy().tobytes()
@@ -69,6 +69,9 @@ class PackedTransport(KVTransport):
                 )
             blocks = torch.frombuffer(bytearray(packed), dtype=cache.dtype).view(shape)
             scatter_blocks(blocks[rows].to(cache.device), cache, dst)
+
+    def release(self, key: str) -> None:
+        """The handle carries the blocks: nothing stays here."""
 
     def close(self) -> None:
         self.kv_caches = []

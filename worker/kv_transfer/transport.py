@@ -29,8 +29,13 @@ class KVTransport(ABC):
     holds_blocks: bool
 
     @abstractmethod
-    def export(self, block_ids: Sequence[int]) -> KVSource:
-        """What a reader needs to read ``block_ids`` of this rank's cache."""
+    def export(self, block_ids: Sequence[int], key: str) -> KVSource:
+        """What a reader needs to read ``block_ids`` of this rank's cache; what the export
+        holds stays held under ``key`` until ``release(key)``."""
+
+    @abstractmethod
+    def release(self, key: str) -> None:
+        """Drop what the export under ``key`` holds (nothing, if it holds nothing)."""
 
     @abstractmethod
     def fetch(
