@@ -200,6 +200,13 @@ class Pool(_Section):
             raise ValueError(f"engine: {exc}") from None
         return self
 
+    def describe_scale(self) -> str:
+        """The pool's scale, as the commands print it."""
+        scaling = self.autoscaling
+        if scaling is None:
+            return f"{self.replicas} replicas"
+        return f"autoscaling {scaling.min_replicas}..{scaling.max_replicas} replicas"
+
     def engine_config(self, model: Path, **transfer: Any) -> EngineConfig:
         """``transfer``: the KV-transfer settings of a disaggregated pool's engines."""
         engine = self.engine.model_dump(exclude={"kv_cache_mb", "torch_threads"})

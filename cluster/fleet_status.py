@@ -1,5 +1,6 @@
-"""`kvfleet status`: the running fleet's pool (replicas ready and desired, queue, KV cache,
-prefix cache) and each replica's load, its block pool's invariants checked where it runs."""
+"""`kvfleet status`: the running fleet's pools (replicas ready and desired, queue, KV cache,
+prefix cache; a colocated pool, or a prefill and a decode pool) and each replica's load, its
+block pool's invariants checked where it runs."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 
 from cluster import ray_cluster
-from cluster.app import DEPLOYMENT
+from cluster.app import DEPLOYMENT, DEPLOYMENTS, deployed_config
 from cluster.pool_status import ReplicaCounts, replica_counts, running_replicas
 from cluster.replica import KVState, Pinned
 from cluster.run_state import FleetError, RunState, running_state
@@ -37,10 +38,7 @@ class ReplicaStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class FleetStatus:
-    app_name: str
-    target: str
-    http_target: str
+class PoolStatus:
     pool: str
     counts: ReplicaCounts
     replicas: list[ReplicaStatus]
@@ -73,6 +71,22 @@ class FleetStatus:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    app_name: str
+    target: str
+    http_target: str
+    pools: list[PoolStatus]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "app_name": self.app_name,
+            "target": self.target,
+            "http_target": self.http_target,
+            "pools": [pool.to_json() for pool in self.pools],
+        }
+
+
 def kv_states(
     app_name: str, deployment: str = DEPLOYMENT, timeout_s: float = QUERY_TIMEOUT_S
 ) -> dict[str, KVState]:
@@ -86,11 +100,23 @@ def kv_states(
 
 
 def fleet_status(state: RunState) -> FleetStatus:
-    """In a process connected to the fleet's Ray cluster: each running replica (those starting
-    or draining are counted, not asked)."""
-    handle = serve.get_deployment_handle(DEPLOYMENT, app_name=state.app_name)
+    """In a process connected to the fleet's Ray cluster: each pool's running replicas (those
+    starting or draining are counted, not asked)."""
+    config = deployed_config(state.app_name)
+    pools = ["colocated"] if config is None else list(config.pools.active())
+    return FleetStatus(
+        state.app_name,
+        state.target,
+        state.http_target,
+        [pool_status(state.app_name, pool) for pool in pools],
+    )
+
+
+def pool_status(app_name: str, pool: str) -> PoolStatus:
+    deployment = DEPLOYMENTS[pool]
+    handle = serve.get_deployment_handle(deployment, app_name=app_name)
     replicas = []
-    for replica_id in running_replicas(state.app_name):
+    for replica_id in running_replicas(app_name, deployment):
         pinned = Pinned(replica_id)
         try:
             kv = handle.kv_state.remote(pinned).result(timeout_s=QUERY_TIMEOUT_S)
@@ -101,10 +127,7 @@ def fleet_status(state: RunState) -> FleetStatus:
             replicas.append(ReplicaStatus(replica_id, None, None, "", error))
             continue
         replicas.append(ReplicaStatus(replica_id, kv, load, metrics))
-    counts = replica_counts(state.app_name)
-    return FleetStatus(
-        state.app_name, state.target, state.http_target, "colocated", counts, replicas
-    )
+    return PoolStatus(pool, replica_counts(app_name, deployment), replicas)
 
 
 def run(run_dir: Path, output: str, watch_s: float | None) -> None:
@@ -136,11 +159,16 @@ def _show(status: FleetStatus, output: str) -> None:
 
 
 def render(status: FleetStatus) -> Group:
+    title = f"[bold]{status.app_name}[/bold]  gRPC {status.target}" + (
+        f"  HTTP {status.http_target}" if status.http_target else ""
+    )
+    return Group(title, *(part for pool in status.pools for part in _render_pool(pool)))
+
+
+def _render_pool(status: PoolStatus) -> tuple[str, Table]:
     counts = status.counts
     header = (
-        f"[bold]{status.app_name}[/bold]  gRPC {status.target}"
-        + (f"  HTTP {status.http_target}" if status.http_target else "")
-        + f"\npool {status.pool}: {counts.running}/{counts.desired} replicas ready"
+        f"pool {status.pool}: {counts.running}/{counts.desired} replicas ready"
         + (f", {counts.starting} starting" if counts.starting else "")
         + (f", {counts.stopping} draining" if counts.stopping else "")
         + f"; {status.waiting} waiting; KV cache {status.kv_usage:.0%} used; "
@@ -163,4 +191,4 @@ def render(status: FleetStatus) -> Group:
             "integrity ok",
             r.metrics or "-",
         )
-    return Group(header, table)
+    return header, table

@@ -10,12 +10,10 @@ from typing import Any
 import ray
 
 from cluster import cluster_config, ray_cluster
-from cluster.app import deploy
+from cluster.app import DEPLOYMENTS, deploy
 from cluster.cluster_config import ClusterConfig
 from cluster.pool_status import replica_counts
 from cluster.run_state import CONFIG_FILE, FleetError, running_state
-
-POOLS = ("colocated",)
 
 
 def scaled(
@@ -29,8 +27,9 @@ def scaled(
     """``config`` with the pool fixed at ``replicas``, or autoscaling within the new bounds
     (the others kept) from ``current`` replicas (default: the config's count) brought within
     them; ConfigError names what is wrong."""
-    if pool not in POOLS:
-        raise FleetError(f"no pool {pool!r}; this fleet has: {', '.join(POOLS)}")
+    pools = config.pools.active()
+    if pool not in pools:
+        raise FleetError(f"no pool {pool!r}; this fleet has: {', '.join(pools)}")
     bounds = min_replicas is not None or max_replicas is not None
     if (replicas is None) == (not bounds):
         raise FleetError("give either --replicas N, or --min N and/or --max N")
@@ -69,7 +68,7 @@ def run(
     try:
         # Serve restarts an autoscaled pool from its initial count when its bounds change:
         # start it from the count the autoscaler reached instead.
-        current = replica_counts(config.app_name).desired
+        current = replica_counts(config.app_name, DEPLOYMENTS[pool]).desired
         new = scaled(config, pool, replicas, min_replicas, max_replicas, current)
         # Recorded first: if the deploy times out, Serve goes on towards the new scale anyway.
         (run_dir / CONFIG_FILE).write_text(new.model_dump_json(indent=2))
@@ -77,7 +76,4 @@ def run(
         deploy(new.model_copy(update={"redis": redis}))
     finally:
         ray.shutdown()
-    scaling = new.pool.autoscaling
-    if scaling is None:
-        return f"pool {pool}: {new.pool.replicas} replicas"
-    return f"pool {pool}: autoscaling {scaling.min_replicas}..{scaling.max_replicas} replicas"
+    return f"pool {pool}: {new.pools.active()[pool].describe_scale()}"

@@ -229,10 +229,5 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def _replicas(config: ClusterConfig) -> str:
-    scaling = config.pool.autoscaling
-    if scaling is None:
-        return f"{config.pool.replicas} replicas"
-    return (
-        f"{config.pool.replicas} replicas (autoscaling {scaling.min_replicas}.."
-        f"{scaling.max_replicas})"
-    )
+    pools = config.pools.active().items()
+    return ", ".join(f"{name} pool {pool.describe_scale()}" for name, pool in pools)

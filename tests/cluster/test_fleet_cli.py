@@ -158,18 +158,19 @@ def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
         status = [*KVFLEET, "status", "-o", "json", "--run-dir", str(run_dir)]
         shown = subprocess.run(status, capture_output=True, text=True, timeout=120)
         assert shown.returncode == 0, shown.stderr
-        fleet = json.loads(shown.stdout)
-        assert fleet["counts"] == {"running": 2, "starting": 0, "stopping": 0, "desired": 2}
-        replicas = {r["replica_id"] for r in fleet["replicas"]}
+        [pool] = json.loads(shown.stdout)["pools"]
+        assert pool["pool"] == "colocated"
+        assert pool["counts"] == {"running": 2, "starting": 0, "stopping": 0, "desired": 2}
+        replicas = {r["replica_id"] for r in pool["replicas"]}
         assert len(replicas) == 2
-        assert all(r["metrics"].startswith("127.0.0.1:") for r in fleet["replicas"])
+        assert all(r["metrics"].startswith("127.0.0.1:") for r in pool["replicas"])
         scale = [*KVFLEET, "scale", "colocated", "--run-dir", str(run_dir)]
         scaled = subprocess.run([*scale, "--replicas", "1"], capture_output=True, text=True)
         assert scaled.returncode == 0, scaled.stderr
         assert "pool colocated: 1 replicas" in scaled.stdout
-        fleet = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)
-        assert fleet["counts"]["desired"] == 1
-        assert {r["replica_id"] for r in fleet["replicas"]} < replicas  # one kept, not restarted
+        [pool] = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)["pools"]
+        assert pool["counts"]["desired"] == 1
+        assert {r["replica_id"] for r in pool["replicas"]} < replicas  # one kept, not restarted
         wrong = subprocess.run([*scale, "--replicas", "1", "--max", "3"], capture_output=True)
         assert wrong.returncode == 2 and b"either --replicas N, or --min N" in wrong.stderr
         health = subprocess.run([*KVFLEET, "health", "--target", state.target], capture_output=True)
@@ -178,8 +179,8 @@ def test_up_generate_down(demo_model_dir: Path, tmp_path: Path) -> None:
         os.kill(state.router_pid, signal.SIGKILL)
         _wait_for_router_restart(run_dir, state.router_pid)
         _chat_once(f"http://{state.http_target}/v1")
-        fleet = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)
-        assert {r["replica_id"] for r in fleet["replicas"]} < replicas
+        [pool] = json.loads(subprocess.run(status, capture_output=True, text=True).stdout)["pools"]
+        assert {r["replica_id"] for r in pool["replicas"]} < replicas
     finally:
         subprocess.run([*KVFLEET, "down", "--run-dir", str(run_dir)], check=True, timeout=120)
     assert RunState.read(run_dir) is None

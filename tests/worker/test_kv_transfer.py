@@ -281,6 +281,28 @@ def test_a_killed_prefill_engine_costs_a_recompute_not_a_hang(new_engine: Factor
     assert final.num_cached_tokens > 0
 
 
+def test_a_killed_decode_engine_leaves_the_prefill_side_to_expire_its_lease(
+    new_engine: Factory,
+) -> None:
+    prefill = new_engine(kv_transport="nixl")
+    decode = new_engine(kv_transport="nixl")
+    long = dataclasses.replace(GREEDY, max_tokens=400)
+
+    async def run() -> None:
+        handle = await _prefill(prefill, "p", PROMPTS["long"], lease_s=1.0)
+        request = _decode_request(decode, "d", PROMPTS["long"], handle)
+        stream = decode.generate(dataclasses.replace(request, params=long))
+        await anext(stream)  # pulled, decoding
+        os.kill(decode.pid, signal.SIGKILL)  # nobody will release the prefill side's blocks
+        with pytest.raises(EngineDeadError):
+            async for _ in stream:
+                pass
+        await asyncio.sleep(1.5)
+
+    asyncio.run(run())
+    asyncio.run(_assert_whole(prefill))
+
+
 def test_a_client_cancel_while_its_pull_waits_frees_everything(new_engine: Factory) -> None:
     prefill = new_engine(kv_transport="nixl")
     decode = new_engine(kv_transport="nixl", max_num_seqs=1)  # one running request at a time

@@ -5,18 +5,21 @@ colocated fleet's; each pool's blocks all come back."""
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from ray import serve
+from rich.console import Console
 
 from cluster import cluster_config
 from cluster.app import DEPLOYMENTS, deploy
-from cluster.fleet_status import kv_states
+from cluster.fleet_status import FleetStatus, fleet_status, kv_states, render
 from cluster.front_door import FrontDoorThread
 from cluster.replica import KVState, replica_ids
+from cluster.run_state import RunState
 from protos.kvfleet.v1 import generation_pb2 as pb
 from router.client import GenerationClient
 from tests.cluster.serve.conftest import KV_CACHE_MB, Fleet
@@ -64,6 +67,12 @@ def _generate(target: str, prompt: str, max_tokens: int = 16) -> tuple[list[int]
     return tokens, finished
 
 
+def _rendered(status: FleetStatus) -> str:
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render(status))
+    return console.export_text()
+
+
 def _idle(state: KVState) -> bool:
     return state.num_unfinished == 0 and state.num_free_blocks == state.num_blocks
 
@@ -101,3 +110,14 @@ def test_a_short_prompt_is_prefilled_where_it_decodes(
     assert finished.prefill_replica == ""
     assert finished.usage.transferred_tokens == 0
     _wait_until_idle(DEPLOYMENTS["decode"])
+
+
+def test_status_shows_each_pool_with_its_replicas(disaggregated: FrontDoorThread) -> None:
+    state = RunState(0, disaggregated.target, "", "", "", APP, 0, 0, 0)
+    status = fleet_status(state)
+    assert [pool.pool for pool in status.pools] == ["prefill", "decode"]
+    for pool in status.pools:
+        assert pool.counts.running == 1
+        [replica] = pool.replicas
+        assert replica.kv is not None and replica.load is not None  # integrity checked
+    assert "pool prefill: 1/1 replicas ready" in _rendered(status)
