@@ -242,11 +242,14 @@ class Pools(_Section):
             return self
         if "colocated" in self.model_fields_set:
             raise ValueError("colocated cannot be set with prefill and decode")
-        for name, pool in (("prefill", self.prefill), ("decode", self.decode)):
-            if pool.parallelism.tensor != 1 or pool.parallelism.pipeline != 1:
+        # Rank i of a decode replica reads rank i of a prefill replica: same shards on both.
+        for key in ("tensor", "pipeline", "layer_split"):
+            ours = getattr(self.prefill.parallelism, key)
+            theirs = getattr(self.decode.parallelism, key)
+            if ours != theirs:
                 raise ValueError(
-                    f"{name}.parallelism: disaggregated pools need tensor = pipeline = 1 "
-                    "in this version (KV transfer between multi-rank replicas is not built yet)"
+                    f"prefill.parallelism.{key} ({ours}) and decode.parallelism.{key} "
+                    f"({theirs}) differ: resharding KV between pools is not built"
                 )
         for key in _LAYOUT_KEYS:
             ours, theirs = getattr(self.prefill.engine, key), getattr(self.decode.engine, key)

@@ -6,6 +6,7 @@ from their .proto fail CI.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,20 +15,23 @@ PROTOS = sorted((ROOT / "protos" / "kvfleet" / "v1").glob("*.proto"))
 
 
 def generate(out_dir: Path) -> list[Path]:
-    """Write the stubs of every .proto under ``out_dir``, mirroring the repository layout."""
-    from grpc_tools import protoc
-
+    """Write the stubs of every .proto under ``out_dir``, mirroring the repository layout.
+    protoc runs in a process of its own: grpc_tools bundles a protobuf runtime that aborts a
+    process which also loads NIXL's (and the reverse)."""
     for proto in PROTOS:
         args = [
-            "protoc",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
             f"-I{ROOT}",
             f"--python_out={out_dir}",
             f"--pyi_out={out_dir}",
             f"--grpc_python_out={out_dir}",
             str(proto.relative_to(ROOT)),
         ]
-        if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed on {proto}")
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"protoc failed on {proto}: {done.stderr.strip()}")
     stubs = (out_dir / "protos" / "kvfleet" / "v1").glob("*_pb2*.py*")
     return sorted(p.relative_to(out_dir) for p in stubs)
 

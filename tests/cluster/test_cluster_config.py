@@ -58,7 +58,7 @@ def test_pool_settings_reach_the_engine_config() -> None:
         ),
         (
             {"model": "/m", "pools": {"prefill": {"parallelism": {"tensor": 2}}, "decode": {}}},
-            "pools: prefill.parallelism: disaggregated pools need tensor = pipeline = 1",
+            "pools: prefill.parallelism.tensor (2) and decode.parallelism.tensor (1) differ",
         ),
         (
             {"model": "/m", "disaggregation": {"kv_transport": "tcp"}},

@@ -18,13 +18,14 @@ import pytest
 
 from tests.worker.engine_helpers import make_engine
 from worker.engine import Engine
-from worker.executor import Executor, LocalExecutor
+from worker.executor import LocalExecutor
+from worker.executor.local import InProcessExecutor
 from worker.sampler import SampledToken
 from worker.sampling_params import SamplingParams
 from worker.step_input import StepInput
 
 
-class DeferredExecutor(Executor):
+class DeferredExecutor(InProcessExecutor):
     """Runs each step only when its result is received, so ``depth`` batches are in flight,
     each scheduled before the results of the ones ahead of it are known. ``runs_ahead`` as a
     pipeline does not (the same requests in consecutive steps, inputs filled in by the runner);
@@ -32,6 +33,7 @@ class DeferredExecutor(Executor):
 
     def __init__(self, local: LocalExecutor, depth: int, runs_ahead: bool = False) -> None:
         self.local = local
+        self.runner = local.runner
         self.max_in_flight = depth
         self.runs_ahead = runs_ahead
         self.inputs_filled_in = 0

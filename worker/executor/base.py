@@ -6,7 +6,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from worker.kv_transfer import KVSource
-from worker.kv_transfer.transport import KVTransferError
 from worker.sampler import SampledToken
 from worker.step_input import StepInput
 
@@ -33,22 +32,20 @@ class Executor(ABC):
 
     # KV transfer between replicas (worker/kv_transfer): each rank moves its own shard.
 
+    @abstractmethod
     def open_kv_transport(self, kind: str, agent_name: str) -> bool:
         """Open each rank's transport (see worker.kv_transfer.transport.make_transport);
         whether a reader reads the source blocks in place (so they must stay leased)."""
-        raise KVTransferError(
-            "KV transfer between replicas needs tensor_parallel_size = "
-            "pipeline_parallel_size = 1 in this version"
-        )
 
+    @abstractmethod
     def export_kv(self, block_ids: Sequence[int], key: str) -> list[KVSource]:
         """Each rank's source for ``block_ids``, in rank order, held under ``key``."""
-        raise KVTransferError("no KV transport is open")
 
+    @abstractmethod
     def release_export(self, key: str) -> None:
         """Each rank drops what its export under ``key`` holds."""
-        raise KVTransferError("no KV transport is open")
 
+    @abstractmethod
     def fetch_kv(
         self,
         sources: Sequence[KVSource],
@@ -58,4 +55,3 @@ class Executor(ABC):
     ) -> None:
         """Every rank copies its source's blocks into its own; KVTransferError if any fails.
         Called only while no step is in flight."""
-        raise KVTransferError("no KV transport is open")

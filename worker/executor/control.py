@@ -157,6 +157,24 @@ class ControlServer:
             raise WorkerFailedError(f"rank {rank} sent an unexpected {type(message).__name__}")
         return message
 
+    def receive_any(self, timeout_s: float) -> tuple[int, Any]:
+        """The next message of whichever rank sends one, and that rank; WorkerFailedError as
+        ``receive`` says."""
+        by_socket = {channel.sock: rank for rank, channel in self._ranks.items()}
+        ready, _, _ = select.select(list(by_socket), [], [], timeout_s)
+        if not ready:
+            raise WorkerFailedError(f"no answer from any rank in {timeout_s:.0f} s")
+        rank = by_socket[ready[0]]
+        try:
+            message = self._ranks[rank].receive()
+        except FrameError as exc:
+            raise WorkerFailedError(f"rank {rank}'s connection: {exc}") from exc
+        except (EOFError, OSError) as exc:
+            raise WorkerFailedError(f"rank {rank} died (its connection closed: {exc})") from exc
+        if isinstance(message, RankFailure):
+            raise WorkerFailedError(f"rank {message.rank} failed: {message.error}")
+        return rank, message
+
     def close(self) -> None:
         for channel in self._ranks.values():
             channel.sock.close()

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from worker.executor.control import ControlClient, RankFailure
+from worker.executor.kv_commands import Export, Fetch, OpenTransport, RankTransfers, Release
 from worker.model.loader import load_model
 from worker.model_config import ModelConfig
 from worker.model_runner import ModelRunner
@@ -59,12 +60,17 @@ class RankWorker:
         return sum(p.numel() * p.element_size() for p in self.runner.model.parameters())
 
     def serve(self, control_address: tuple[str, int], key: bytes) -> None:
-        """Run steps as the driver sends them, until it sends None. A failed step is reported
-        to the driver, then this rank stops: the replica has to be rebuilt anyway. ``key``
-        authenticates the control channel's frames (worker/executor/control.py)."""
+        """Run steps (and KV-transfer commands, each answered) as the driver sends them, until
+        it sends None. A failed step is reported to the driver, then this rank stops: the
+        replica has to be rebuilt anyway. ``key`` authenticates the control channel's frames
+        (worker/executor/control.py)."""
         client = ControlClient(control_address, self.rank, key)
+        transfers = RankTransfers(self.rank, self.runner.kv_caches)
         try:
             while (step := client.receive()) is not None:
+                if isinstance(step, OpenTransport | Export | Release | Fetch):
+                    client.send(transfers.run(step))
+                    continue
                 start = time.perf_counter()
                 sampled = self.runner.execute(step)
                 if sampled is not None:
@@ -74,4 +80,5 @@ class RankWorker:
             client.send(RankFailure(self.rank, repr(exc)))
             raise
         finally:
+            transfers.close()
             client.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import time
+from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -16,7 +18,10 @@ from worker.config import EngineConfig
 from worker.errors import WorkerFailedError
 from worker.executor.base import Executor
 from worker.executor.control import ControlServer
+from worker.executor.kv_commands import Export, Fetch, KVCommand, KVReply, OpenTransport, Release
 from worker.executor.rank_worker import RankWorker
+from worker.kv_transfer import KVSource
+from worker.kv_transfer.transport import KVTransferError
 from worker.sampler import SampledToken
 from worker.step_input import StepInput
 
@@ -37,6 +42,8 @@ class RayExecutor(Executor):
         self.sampling_rank = (self.pp - 1) * self.tp
         self.step_timeout_s = config.step_timeout_s
         self.rank_execute_s = 0.0  # the sampling rank's own time in steps; the rest is dispatch
+        # Step results that arrived while the driver waited for the ranks' KV replies.
+        self._early: deque[Any] = deque()
         host = ray.util.get_node_ip_address()
         self._store = dist.TCPStore(
             host, 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=120)
@@ -78,9 +85,54 @@ class RayExecutor(Executor):
         self._control.broadcast(step)
 
     def receive(self) -> list[SampledToken]:
-        sampled, execute_s = self._control.receive(self.sampling_rank, self.step_timeout_s)
+        if self._early:
+            sampled, execute_s = self._early.popleft()
+        else:
+            sampled, execute_s = self._control.receive(self.sampling_rank, self.step_timeout_s)
         self.rank_execute_s += execute_s
         return list(sampled)
+
+    def open_kv_transport(self, kind: str, agent_name: str) -> bool:
+        return bool(self._command(OpenTransport(kind, agent_name))[0])
+
+    def export_kv(self, block_ids: Sequence[int], key: str) -> list[KVSource]:
+        return list(self._command(Export(tuple(block_ids), key)))
+
+    def release_export(self, key: str) -> None:
+        self._command(Release(key))
+
+    def fetch_kv(
+        self,
+        sources: Sequence[KVSource],
+        src_block_ids: Sequence[int],
+        dst_block_ids: Sequence[int],
+        timeout_s: float,
+    ) -> None:
+        if len(sources) != self.world_size:
+            raise KVTransferError(
+                f"the source has {len(sources)} ranks, this replica {self.world_size}"
+            )
+        command = Fetch(tuple(sources), tuple(src_block_ids), tuple(dst_block_ids), timeout_s)
+        self._command(command)
+
+    def _command(self, command: KVCommand) -> list[Any]:
+        """Every rank runs ``command``; their values in rank order. KVTransferError names
+        each rank that failed. Step results the sampling rank sends meanwhile are kept for
+        ``receive``."""
+        self._control.broadcast(command)
+        replies: dict[int, KVReply] = {}
+        while len(replies) < self.world_size:
+            rank, message = self._control.receive_any(self.step_timeout_s)
+            if isinstance(message, KVReply):
+                replies[rank] = message
+            elif rank == self.sampling_rank:
+                self._early.append(message)
+            else:
+                raise WorkerFailedError(f"rank {rank} sent an unexpected {type(message).__name__}")
+        failed = [f"rank {r}: {replies[r].error}" for r in sorted(replies) if replies[r].error]
+        if failed:
+            raise KVTransferError("; ".join(failed))
+        return [replies[rank].value for rank in range(self.world_size)]
 
     def shutdown(self) -> None:
         try:
