@@ -138,21 +138,7 @@ class ControlServer:
     def receive(self, from_rank: int, timeout_s: float) -> Any:
         """The next message of ``from_rank``; WorkerFailedError if any rank fails, dies, or the
         answer takes longer than ``timeout_s``."""
-        by_socket = {channel.sock: rank for rank, channel in self._ranks.items()}
-        ready, _, _ = select.select(list(by_socket), [], [], timeout_s)
-        if not ready:
-            raise WorkerFailedError(f"no answer from rank {from_rank} in {timeout_s:.0f} s")
-        # A failure report or a closed connection anywhere outranks an answer.
-        ready.sort(key=lambda conn: by_socket[conn] == from_rank)
-        rank = by_socket[ready[0]]
-        try:
-            message = self._ranks[rank].receive()
-        except FrameError as exc:
-            raise WorkerFailedError(f"rank {rank}'s connection: {exc}") from exc
-        except (EOFError, OSError) as exc:
-            raise WorkerFailedError(f"rank {rank} died (its connection closed: {exc})") from exc
-        if isinstance(message, RankFailure):
-            raise WorkerFailedError(f"rank {message.rank} failed: {message.error}")
+        rank, message = self._next(timeout_s, f"rank {from_rank}", prefer=from_rank)
         if rank != from_rank:
             raise WorkerFailedError(f"rank {rank} sent an unexpected {type(message).__name__}")
         return message
@@ -160,10 +146,15 @@ class ControlServer:
     def receive_any(self, timeout_s: float) -> tuple[int, Any]:
         """The next message of whichever rank sends one, and that rank; WorkerFailedError as
         ``receive`` says."""
+        return self._next(timeout_s, "any rank")
+
+    def _next(self, timeout_s: float, awaited: str, prefer: int | None = None) -> tuple[int, Any]:
         by_socket = {channel.sock: rank for rank, channel in self._ranks.items()}
         ready, _, _ = select.select(list(by_socket), [], [], timeout_s)
         if not ready:
-            raise WorkerFailedError(f"no answer from any rank in {timeout_s:.0f} s")
+            raise WorkerFailedError(f"no answer from {awaited} in {timeout_s:.0f} s")
+        # A failure report or a closed connection elsewhere outranks the answer awaited.
+        ready.sort(key=lambda conn: by_socket[conn] == prefer)
         rank = by_socket[ready[0]]
         try:
             message = self._ranks[rank].receive()
