@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -54,18 +55,23 @@ class StreamKeys:
         return f"kvfleet:{self.namespace}:snapshot:{replica_id}"
 
 
+REDIS_PASSWORD_ENV = "KVFLEET_REDIS_PASSWORD"
+
+
 def redis_client(url: str, timeout_s: float = 1.0) -> Redis:
     """A client for the KV-event bus that fails fast: short timeouts, as Redis is never worth a
     stall, and no retry of a failed command, so that the caller sees it fail: a restarted Redis
     has lost the streams and snapshots, which the caller must then rewrite or re-read. (An idle
     connection the server closed is still reopened silently, so a publisher also checks that
-    its keys still exist.)"""
+    its keys still exist.) The password, when the URL carries none, comes from the environment
+    (REDIS_PASSWORD_ENV): a Kubernetes Secret reaches a pod that way, never through a config."""
     return Redis.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
         protocol=2,  # pins the reply shapes (XREAD: a list of [key, entries])
+        password=os.environ.get(REDIS_PASSWORD_ENV) or None,  # the URL's, if it has one, wins
     )
 
 
