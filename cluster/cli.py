@@ -309,6 +309,26 @@ def bench(
     load_bench.run(plan, output_json, plot)
 
 
+@app.command()
+@_one_line_errors
+def render(
+    config: Annotated[Path, typer.Option(help="a cluster config (YAML)")],
+    values: Annotated[
+        list[Path] | None, typer.Option("-f", "--values", help="more chart values (repeatable)")
+    ] = None,
+    release: str = "kvfleet",
+    namespace: Annotated[str, typer.Option("-n", "--namespace")] = "default",
+    kube_version: str = "1.33.0",
+) -> None:
+    """Render the Helm chart offline from a cluster config, validate it, print the manifests
+    (and what they create, on stderr)."""
+    from cluster import render as chart
+
+    manifests, objects = chart.render(config, values or [], release, namespace, kube_version)
+    print(manifests, end="")
+    print(f"kvfleet render: {chart.summary(objects)}", file=sys.stderr)
+
+
 @app.command("config-schema")
 def config_schema() -> None:
     """Print the cluster config's JSON Schema."""
