@@ -4,11 +4,13 @@ a decode pool, each a deployment of its own with its own router, scale and engin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import warnings
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, RequestRouterConfig
 from ray.serve.context import _get_global_client
@@ -57,8 +59,9 @@ def build_app(config: ClusterConfig) -> Application:
 def replica_args(config: ClusterConfig, pool_name: str = "colocated") -> tuple[Any, ...]:
     """EngineReplica's constructor arguments, for the replicas of pool ``pool_name``."""
     pool = config.pools.active()[pool_name]
+    engine = dataclasses.replace(config.engine_config(pool_name), accelerator=accelerator(pool))
     return (
-        config.engine_config(pool_name),
+        engine,
         config.redis.url,
         config.app_name,
         pool.engine.torch_threads,
@@ -89,7 +92,7 @@ def engine_deployment(config: ClusterConfig, pool_name: str = "colocated") -> De
         num_replicas="auto" if scaling else pool.replicas,
         autoscaling_config=autoscaling_config(scaling, pool.replicas) if scaling else None,
         max_ongoing_requests=pool.max_ongoing_requests,
-        ray_actor_options={"num_cpus": pool.cpus_per_replica},
+        ray_actor_options=replica_actor_options(pool),
         request_router_config=RequestRouterConfig(**router_options),
         health_check_period_s=2.0,
         # Stopping a replica (a downscale, a redeploy) drains it: Serve sends it nothing new
@@ -98,6 +101,28 @@ def engine_deployment(config: ClusterConfig, pool_name: str = "colocated") -> De
         graceful_shutdown_wait_loop_s=DRAIN_CHECK_PERIOD_S,
     )(EngineReplica)
     return deployment
+
+
+def accelerator(pool: Pool) -> str:
+    """The pool's accelerator, "auto" resolved where the application is built: GPUs when the
+    Ray cluster has any (a replica's actor sees none unless it asks for one)."""
+    if pool.accelerator != "auto":
+        return pool.accelerator
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    return "gpu" if gpus else "cpu"
+
+
+def replica_actor_options(pool: Pool) -> dict[str, Any]:
+    """What a replica's own actor asks Ray for. A single-rank replica runs its engine beside it
+    (a child process sees the actor's devices), so on GPUs it takes the GPU; a multi-rank one
+    drives rank actors, which take theirs. Both ask for the pool's custom resources."""
+    options: dict[str, Any] = {"num_cpus": pool.cpus_per_replica}
+    single_rank = pool.parallelism.tensor * pool.parallelism.pipeline == 1
+    if accelerator(pool) == "gpu" and single_rank:
+        options["num_gpus"] = 1
+    if pool.ray_resources:
+        options["resources"] = dict(pool.ray_resources)
+    return options
 
 
 def autoscaling_config(settings: AutoscalingSettings, initial_replicas: int) -> AutoscalingConfig:

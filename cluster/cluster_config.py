@@ -148,6 +148,16 @@ class Pool(_Section):
     parallelism: Parallelism = Parallelism()
     engine: EngineSettings = EngineSettings()
     autoscaling: AutoscalingSettings | None = None
+    accelerator: Literal["auto", "cpu", "gpu"] = Field(
+        default=_default(EngineConfig, "accelerator"),
+        description="gpu: each rank takes one GPU from Ray (a single-rank replica's own actor "
+        "too); auto: a GPU where the replica sees one",
+    )
+    ray_resources: dict[str, PositiveFloat] = Field(
+        default_factory=dict,
+        description="custom Ray resources each replica and each of its ranks asks for: the "
+        "Helm chart gives each pool's pods one, so replicas land on their own pool's pods",
+    )
     cpus_per_replica: NonNegativeFloat = Field(
         default=0.0,
         description="CPUs Ray reserves per replica (0: replicas share the cores; "
@@ -217,6 +227,8 @@ class Pool(_Section):
             pipeline_parallel_size=self.parallelism.pipeline,
             layer_split=self.parallelism.layer_split,
             placement=self.parallelism.placement,
+            accelerator=self.accelerator,
+            ray_resources=tuple(sorted(self.ray_resources.items())),
             **engine,
             **transfer,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,7 @@ class _Replica:
     load: ReplicaLoad
     prefill_rate: float
     footprint: CacheFootprint
+    rate_measured: bool = False  # reported by the replica (else: the pool's, or the prior)
     # The cost model's prompt-independent parts, kept current as the load changes:
     admitted: bool = True  # under the queue cap
     queue_s: float = 0.0
@@ -122,12 +124,20 @@ class PrefixAwarePolicy:
         return list(self._replicas)
 
     def add_replica(self, replica_id: str, prefill_tokens_per_s: float | None = None) -> None:
-        rate = prefill_tokens_per_s or self.config.cost.prefill_tokens_per_s
+        """``prefill_tokens_per_s``: a known rate; else the median of what the other replicas
+        measured (replicas of a pool run the same model on the same hardware), else the
+        configured prior, until the replica reports its own."""
+        rate = prefill_tokens_per_s or self._pool_rate()
         self.index.add_replica(replica_id)
         footprint = CacheFootprint(self.config.footprint_window_s)
-        replica = _Replica(ReplicaLoad(self.config.dispatch_lag_s), rate, footprint)
+        known = prefill_tokens_per_s is not None
+        replica = _Replica(ReplicaLoad(self.config.dispatch_lag_s), rate, footprint, known)
         self._replicas[replica_id] = replica
         self._refresh(replica)
+
+    def _pool_rate(self) -> float:
+        measured = [r.prefill_rate for r in self._replicas.values() if r.rate_measured]
+        return statistics.median(measured) if measured else self.config.cost.prefill_tokens_per_s
 
     def remove_replica(self, replica_id: str) -> None:
         self.index.remove_replica(replica_id)
@@ -145,11 +155,19 @@ class PrefixAwarePolicy:
 
     def on_load_report(self, replica_id: str, report: LoadReport, now: float) -> None:
         """``now``: when the report was taken (see ReplicaLoad). A replica that measured its
-        prefill rate replaces the configured prior with it."""
+        prefill rate is priced at it; those that have not yet, at the median of those that
+        have (not at the prior: a fast measured replica beside one still at a slow prior would
+        draw every request)."""
         replica = self._replicas[replica_id]
         replica.load.on_report(report, now)
         if report.prefill_tokens_per_s > 0:
             replica.prefill_rate = report.prefill_tokens_per_s
+            replica.rate_measured = True
+            pool_rate = self._pool_rate()
+            for other in self._replicas.values():
+                if not other.rate_measured and other.prefill_rate != pool_rate:
+                    other.prefill_rate = pool_rate
+                    self._refresh(other)
         self._refresh(replica)
 
     def _refresh(self, replica: _Replica) -> None:

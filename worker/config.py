@@ -12,6 +12,7 @@ TRANSPORTS = ("auto", "nixl", "packed")
 
 _DTYPES = ("auto", *DTYPE_BYTES)
 _PLACEMENTS = ("pack", "spread")
+_ACCELERATORS = ("auto", "cpu", "gpu")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class EngineConfig:
     kernels run while Python prepares the next step, and not on a CPU, where the forward pass
     is the Python thread's own work and the overlap measured 0.86x the throughput (64 prompts,
     tiny demo model, one torch thread).
+    ``accelerator`` says what each rank takes from Ray: "gpu" one GPU, "cpu" one CPU, "auto"
+    a GPU when the driver sees one (it may not: a Serve replica asks for no GPU of its own when
+    its ranks are actors). ``ray_resources`` are custom Ray resources each rank also asks for
+    (a Kubernetes deployment names each pool's pods that way).
     ``kv_transport`` opens KV transfer with other replicas (disaggregated prefill and decode,
     worker/kv_transfer): "nixl", "packed" (the blocks travel inside the handle) or "auto"
     (NIXL where it is installed); None, the default, opens none. A pull that has not finished
@@ -68,6 +73,8 @@ class EngineConfig:
     async_scheduling: bool | None = None
     kv_transport: str | None = None
     kv_transfer_timeout_s: float = 5.0
+    accelerator: str = "auto"
+    ray_resources: tuple[tuple[str, float], ...] = ()
 
     @property
     def parallel(self) -> ParallelConfig:
@@ -119,6 +126,10 @@ class EngineConfig:
         if self.kv_transport is not None and self.kv_transport not in TRANSPORTS:
             raise ValueError(
                 f"kv_transport must be one of {', '.join(TRANSPORTS)}, got {self.kv_transport!r}"
+            )
+        if self.accelerator not in _ACCELERATORS:
+            raise ValueError(
+                f"accelerator must be one of {', '.join(_ACCELERATORS)}, got {self.accelerator!r}"
             )
         if not self.kv_transfer_timeout_s > 0:
             raise ValueError(f"kv_transfer_timeout_s must be > 0, got {self.kv_transfer_timeout_s}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ray.serve._private.deploy_utils import get_app_code_version
 
 from cluster import cluster_config
-from cluster.app import application_schema
+from cluster.app import accelerator, application_schema, replica_actor_options
 from cluster.scale import scaled
 
 FIXED = cluster_config.load({"model": "/m", "pools": {"colocated": {"replicas": 2}}})
@@ -57,3 +57,16 @@ def test_a_disaggregated_application_has_a_deployment_per_pool() -> None:
     rebuilt = cluster_config.load(schema.args)  # what Serve's replicas are built from
     assert rebuilt.disaggregated
     assert rebuilt.disaggregation == config.disaggregation
+
+
+def test_a_gpu_pools_single_rank_replica_takes_the_gpu_itself() -> None:
+    def pool(**settings: object) -> cluster_config.Pool:
+        return cluster_config.Pool.model_validate(settings)
+
+    single = replica_actor_options(pool(accelerator="gpu", ray_resources={"kvfleet_pool_x": 1}))
+    assert single == {"num_cpus": 0.0, "num_gpus": 1, "resources": {"kvfleet_pool_x": 1}}
+    # A multi-rank replica's ranks take the GPUs (worker/executor/ray_executor.py), not its actor.
+    multi = replica_actor_options(pool(accelerator="gpu", parallelism={"tensor": 2}))
+    assert "num_gpus" not in multi
+    assert "num_gpus" not in replica_actor_options(pool(accelerator="cpu"))
+    assert accelerator(pool()) == "cpu"  # auto, and no Ray cluster with GPUs here

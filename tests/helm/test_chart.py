@@ -121,7 +121,12 @@ def test_the_serve_config_is_the_cluster_config(helm: Path, scenario: str) -> No
     expected = dict(values["cluster"])
     pools = expected.get("pools", {})
     if "prefill" in pools and "decode" in pools:
-        expected["pools"] = {k: v for k, v in pools.items() if k != "colocated"}
+        pools = {k: v for k, v in pools.items() if k != "colocated"}
+    # What the chart adds to each pool: GPUs, and the resource of its own pods.
+    expected["pools"] = {
+        name: {"accelerator": "gpu", **pool, "ray_resources": {f"kvfleet_pool_{name}": 1}}
+        for name, pool in pools.items()
+    }
     redis = values["redis"]
     url = f"redis://{RELEASE}-kvfleet-redis:6379/0" if redis["enabled"] else redis["externalUrl"]
     expected["redis"] = {"url": url or None}
@@ -220,3 +225,26 @@ def test_bad_values_are_refused_naming_the_key(helm: Path, setting: str, named: 
     )
     assert done.returncode != 0
     assert named in done.stderr
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_replicas_take_gpus_and_land_on_their_own_pools_pods(helm: Path, scenario: str) -> None:
+    objects = _objects(_render(helm, scenario))
+    config = cluster_config.load(_serve_config(objects)["applications"][0]["args"])
+    offered = {}
+    for service in _by_kind(objects, "RayService"):
+        for group in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+            offered[group["groupName"]] = yaml.safe_load(group["rayStartParams"]["resources"])
+    for stateful_set in _by_kind(objects, "StatefulSet"):
+        [container] = stateful_set["spec"]["template"]["spec"]["containers"]
+        for arg in container.get("command", []):
+            if arg.startswith("--resources="):
+                component = stateful_set["spec"]["template"]["metadata"]["labels"]
+                pool = component["app.kubernetes.io/component"].removeprefix("ray-worker-")
+                offered[pool] = arg.removeprefix("--resources=")
+    for name, pool in config.pools.active().items():
+        assert pool.accelerator == "gpu"
+        resource = f"kvfleet_pool_{name}"
+        assert pool.ray_resources == {resource: 1}
+        ranks = pool.parallelism.tensor * pool.parallelism.pipeline
+        assert yaml.safe_load(offered[name]) == {resource: ranks + 1}  # the replica's actor too

@@ -31,11 +31,18 @@ from worker.engine import Engine
 from worker.kv_transfer.transport import nixl_available
 
 pytestmark = pytest.mark.slow
+POOL_RESOURCE = "kvfleet_pool_test"  # as the Helm chart gives each pool's pods
 
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=8, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    ray.init(
+        num_cpus=8,
+        resources={POOL_RESOURCE: 4},
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
     yield
     ray.shutdown()
 
@@ -77,3 +84,17 @@ def test_parallel_replicas_exchange_each_ranks_shard(
     assert ranks == 2
     assert transferred == len(decode.requests.tokenizer.encode(prompt)) - 1
     assert got == expected
+
+
+def test_ranks_ask_for_their_pools_custom_resource(local_ray: None, demo_model_dir: Path) -> None:
+    config = EngineConfig(
+        model=demo_model_dir,
+        dtype="float32",
+        tensor_parallel_size=2,
+        ray_resources=((POOL_RESOURCE, 1.0),),
+    )
+    engine = Engine(config)
+    try:
+        assert ray.available_resources().get(POOL_RESOURCE) == 2  # one per rank, of 4
+    finally:
+        engine.shutdown()

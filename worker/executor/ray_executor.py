@@ -49,8 +49,14 @@ class RayExecutor(Executor):
             host, 0, is_master=True, wait_for_workers=False, timeout=datetime.timedelta(seconds=120)
         )
         self._control = ControlServer(host)
+        self._gpu = config.accelerator == "gpu" or (
+            config.accelerator == "auto" and torch.cuda.is_available()
+        )
+        self._custom = dict(config.ray_resources)  # custom Ray resources each rank asks for
         self._groups = self._placement_groups(config.placement)
-        resource = {"num_gpus": 1} if torch.cuda.is_available() else {"num_cpus": 1}
+        resource: dict[str, Any] = {"num_gpus": 1} if self._gpu else {"num_cpus": 1}
+        if self._custom:
+            resource["resources"] = self._custom
         # Two threads: serve() runs for the replica's life; pid() and param_bytes() still answer.
         remote_worker = ray.remote(RankWorker)
         self.workers: list[Any] = []
@@ -147,14 +153,15 @@ class RayExecutor(Executor):
         self._control.close()
 
     def _placement_groups(self, placement: str) -> list[PlacementGroup]:
-        key = "GPU" if torch.cuda.is_available() else "CPU"
+        bundle = {"GPU" if self._gpu else "CPU": 1, **self._custom}
         # "spread": one group per stage, so only a stage's TP ranks must share a node.
         sizes = [self.world_size] if placement == "pack" else [self.tp] * self.pp
-        groups = [placement_group([{key: 1}] * n, strategy="STRICT_PACK") for n in sizes]
+        groups = [placement_group([bundle] * n, strategy="STRICT_PACK") for n in sizes]
         ready, _ = ray.wait([g.ready() for g in groups], num_returns=len(groups), timeout=120)
         if len(ready) < len(groups):
             raise WorkerFailedError(
-                f"the cluster cannot place {self.world_size} ranks ({key}) for this replica"
+                f"the cluster cannot place {self.world_size} ranks ({', '.join(bundle)}) for "
+                "this replica"
             )
         return groups
 

@@ -76,6 +76,17 @@ and without the default colocated pool when prefill and decode pools replace it.
 {{- if eq (include "kvfleet.pools" .) "prefill decode" -}}
 {{- $_ := unset $cluster.pools "colocated" -}}
 {{- end -}}
+{{- $pools := $cluster.pools | default dict -}}
+{{- $_ := set $cluster "pools" $pools -}}
+{{- range $name := splitList " " (include "kvfleet.pools" .) -}}
+{{- $pool := get $pools $name | default dict -}}
+{{- /* Ranks take GPUs, and each replica lands on its own pool's pods (kvfleet.poolResource). */ -}}
+{{- $_ := set $pool "accelerator" ($pool.accelerator | default "gpu") -}}
+{{- $resources := $pool.ray_resources | default dict -}}
+{{- $_ := set $resources (include "kvfleet.poolResource" $name) 1 -}}
+{{- $_ := set $pool "ray_resources" $resources -}}
+{{- $_ := set $pools $name $pool -}}
+{{- end -}}
 {{- $url := include "kvfleet.redisUrl" . -}}
 {{- $_ := set $cluster "redis" (dict "url" (ternary $url nil (ne $url ""))) -}}
 {{- toYaml $cluster -}}
@@ -152,4 +163,16 @@ requests:
 limits:
   memory: {{ printf "%dGi" (mul $gpus (trimSuffix "Gi" $k8s.memoryPerGpu | int)) }}
   {{ $k8s.gpuResource }}: {{ $gpus }}
+{{- end -}}
+
+
+{{/* The custom Ray resource a pool's pods offer and its replicas and ranks ask for. */}}
+{{- define "kvfleet.poolResource" -}}
+{{- printf "kvfleet_pool_%s" . -}}
+{{- end -}}
+
+{{/* What one pod of a pool offers of that resource: the replica's actor and each rank. */}}
+{{- define "kvfleet.poolResources" -}}
+{{- $gpus := include "kvfleet.gpusPerReplica" . | int -}}
+{{- printf "{\"%s\": %d}" (include "kvfleet.poolResource" .pool) (add $gpus 1) -}}
 {{- end -}}
