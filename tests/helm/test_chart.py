@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -18,6 +19,7 @@ import yaml
 from cluster import cluster_config
 from cluster.helm_binary import helm_binary
 from cluster.helm_schema import CHART, SCHEMA_FILE, render_schema
+from tests.helm.rayservice_shape import RAYSERVICE, pod_templates
 
 SCENARIOS = sorted(p.stem for p in (CHART / "ci").glob("*.yaml"))
 GOLDEN = Path(__file__).parent / "golden"
@@ -91,6 +93,18 @@ def test_every_core_object_is_valid_kubernetes(helm: Path, scenario: str, kube: 
     assert core
     for obj in core:
         kubernetes_validate.validate(obj, kube, strict=True)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("kube", KUBERNETES)
+def test_the_ray_service_has_kuberays_shape_and_valid_pods(
+    helm: Path, scenario: str, kube: str
+) -> None:
+    for service in _by_kind(_objects(_render(helm, scenario, kube)), "RayService"):
+        jsonschema.validate(service, RAYSERVICE)
+        yaml.safe_load(service["spec"]["serveConfigV2"])  # a YAML document, as KubeRay reads it
+        for template in pod_templates(service):
+            kubernetes_validate.validate(template, kube, strict=True)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
