@@ -171,8 +171,6 @@ def application_schema(config: ClusterConfig) -> ServeApplicationSchema:
         update={"pools": Pools(**unscaled_pools), "router": replicas_router}
     )
     args = json.loads(built_from.model_dump_json())
-    if config.disaggregated:
-        del args["pools"]["colocated"]  # only one kind of pool may be set
     return ServeApplicationSchema(
         name=config.app_name,
         import_path=APP_BUILDER,

@@ -37,8 +37,10 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from redis.connection import parse_url
@@ -271,6 +273,15 @@ class Pools(_Section):
                     f"({theirs}) differ: KV blocks would not be exchangeable"
                 )
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without the (unused) colocated pool when prefill and decode replace it, so that a
+        dumped config loads again."""
+        data: dict[str, Any] = handler(self)
+        if self.prefill is not None and self.decode is not None:
+            data.pop("colocated", None)
+        return data
 
     def active(self) -> dict[str, Pool]:
         """The pools that run, by name."""

@@ -44,9 +44,14 @@ def run(
 
 def _summary(done: pb.Finished) -> None:
     usage, timings = done.usage, done.timings
+    prefilled = (
+        f", prefilled on {done.prefill_replica} ({usage.transferred_tokens} tokens' KV moved)"
+        if done.prefill_replica
+        else ""
+    )
     print(
-        f"\n[{_REASONS[done.reason]} on replica {done.replica}: {usage.prompt_tokens} prompt "
-        f"tokens ({usage.cached_tokens} cached), {usage.completion_tokens} generated, first "
-        f"token after {1000 * timings.time_to_first_token_s:.0f} ms]",
+        f"\n[{_REASONS[done.reason]} on replica {done.replica}{prefilled}: {usage.prompt_tokens} "
+        f"prompt tokens ({usage.cached_tokens} cached), {usage.completion_tokens} generated, "
+        f"first token after {1000 * timings.time_to_first_token_s:.0f} ms]",
         file=sys.stderr,
     )

@@ -4,6 +4,7 @@ errors that name the key and what it allows."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,9 @@ def test_disaggregated_pools_get_engines_with_the_transfer_settings() -> None:
         engine = config.engine_config(pool)
         assert (engine.kv_transport, engine.kv_transfer_timeout_s) == ("packed", 2.5)
     assert config.engine_config("colocated").kv_transport is None
+
+
+def test_a_disaggregated_config_dumps_to_what_loads_again() -> None:
+    config = cluster_config.load({"model": "/m", "pools": {"prefill": {}, "decode": {}}})
+    assert cluster_config.load(json.loads(config.model_dump_json())) == config
+    assert "colocated" not in config.model_dump()["pools"]
