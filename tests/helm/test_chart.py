@@ -7,6 +7,7 @@ to the cluster config. Bad values are refused by the schema, naming the key."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -262,3 +263,31 @@ def test_replicas_take_gpus_and_land_on_their_own_pools_pods(helm: Path, scenari
         assert pool.ray_resources == {resource: 1}
         ranks = pool.parallelism.tensor * pool.parallelism.pipeline
         assert yaml.safe_load(offered[name]) == {resource: ranks + 1}  # the replica's actor too
+
+
+def _leaves(node: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if isinstance(node, dict) and node:
+        return [leaf for key, value in node.items() for leaf in _leaves(value, (*path, key))]
+    return [path]
+
+
+def test_every_value_is_used_by_a_template() -> None:
+    """A key of values.yaml that no template reads is a setting that silently does nothing.
+    `cluster` is passed whole (as the Serve config); a pool's Kubernetes settings are read
+    through `$k8s`; a map given whole to toYaml counts for every key under it."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    text = "\n".join(p.read_text() for p in (CHART / "templates").rglob("*") if p.is_file())
+
+    def read(path: tuple[str, ...]) -> bool:
+        if path[0] == "cluster":
+            return ".Values.cluster" in text
+        if path[0] == "pools" and len(path) >= 3:
+            return re.search(rf"\$k8s\.{path[2]}\b", text) is not None
+        shortest = 1 if len(path) == 1 else 2
+        return any(
+            re.search(r"\.Values\." + re.escape(".".join(path[:n])) + r"(?![\w.])", text)
+            for n in range(shortest, len(path) + 1)
+        )
+
+    unread = [".".join(p) for p in _leaves(values) if not read(p)]
+    assert not unread, f"values no template reads: {unread}"
