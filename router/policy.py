@@ -75,9 +75,9 @@ class RoutingDecision:
 @dataclass(slots=True)
 class _Replica:
     load: ReplicaLoad
-    prefill_rate: float
+    prefill_rate: float  # what the cost model prices it at: the pool's rate
     footprint: CacheFootprint
-    rate_measured: bool = False  # reported by the replica (else: the pool's, or the prior)
+    measured_rate: float = 0.0  # what the replica last reported; 0 until it has
     # The cost model's prompt-independent parts, kept current as the load changes:
     admitted: bool = True  # under the queue cap
     queue_s: float = 0.0
@@ -123,25 +123,34 @@ class PrefixAwarePolicy:
     def replica_ids(self) -> list[str]:
         return list(self._replicas)
 
-    def add_replica(self, replica_id: str, prefill_tokens_per_s: float | None = None) -> None:
-        """``prefill_tokens_per_s``: a known rate; else the median of what the other replicas
-        measured (replicas of a pool run the same model on the same hardware), else the
-        configured prior, until the replica reports its own."""
-        rate = prefill_tokens_per_s or self._pool_rate()
+    def add_replica(self, replica_id: str) -> None:
         self.index.add_replica(replica_id)
         footprint = CacheFootprint(self.config.footprint_window_s)
-        known = prefill_tokens_per_s is not None
-        replica = _Replica(ReplicaLoad(self.config.dispatch_lag_s), rate, footprint, known)
+        load = ReplicaLoad(self.config.dispatch_lag_s)
+        replica = _Replica(load, self._pool_rate(), footprint)
         self._replicas[replica_id] = replica
         self._refresh(replica)
 
     def _pool_rate(self) -> float:
-        measured = [r.prefill_rate for r in self._replicas.values() if r.rate_measured]
+        """The median of the rates the pool's replicas measured (the prior until one has).
+        Replicas of a pool run the same model on the same hardware; what each measures
+        depends on the batches it happened to run (short prompts pay a step's fixed cost on
+        few tokens, and measured 7x slower than long ones here), so one replica's own figure
+        would send it everything or nothing. A slow replica still shows in its queue."""
+        measured = [r.measured_rate for r in self._replicas.values() if r.measured_rate > 0]
         return statistics.median(measured) if measured else self.config.cost.prefill_tokens_per_s
+
+    def _reprice(self) -> None:
+        rate = self._pool_rate()
+        for replica in self._replicas.values():
+            if replica.prefill_rate != rate:
+                replica.prefill_rate = rate
+                self._refresh(replica)
 
     def remove_replica(self, replica_id: str) -> None:
         self.index.remove_replica(replica_id)
         del self._replicas[replica_id]
+        self._reprice()
 
     def on_kv_events(self, replica_id: str, events: Iterable[KVEvent], now: float) -> None:
         self.index.apply_events(replica_id, events, now)
@@ -154,20 +163,13 @@ class PrefixAwarePolicy:
         return [r for r in self._replicas if self.index.feed(r).needs_resync]
 
     def on_load_report(self, replica_id: str, report: LoadReport, now: float) -> None:
-        """``now``: when the report was taken (see ReplicaLoad). A replica that measured its
-        prefill rate is priced at it; those that have not yet, at the median of those that
-        have (not at the prior: a fast measured replica beside one still at a slow prior would
-        draw every request)."""
+        """``now``: when the report was taken (see ReplicaLoad). A prefill rate the replica
+        measured enters the pool's rate, at which every replica is priced (``_pool_rate``)."""
         replica = self._replicas[replica_id]
         replica.load.on_report(report, now)
         if report.prefill_tokens_per_s > 0:
-            replica.prefill_rate = report.prefill_tokens_per_s
-            replica.rate_measured = True
-            pool_rate = self._pool_rate()
-            for other in self._replicas.values():
-                if not other.rate_measured and other.prefill_rate != pool_rate:
-                    other.prefill_rate = pool_rate
-                    self._refresh(other)
+            replica.measured_rate = report.prefill_tokens_per_s
+            self._reprice()
         self._refresh(replica)
 
     def _refresh(self, replica: _Replica) -> None:

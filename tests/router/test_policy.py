@@ -262,17 +262,16 @@ def test_a_report_taken_after_a_dispatch_replaces_it_instead_of_adding_to_it() -
     assert router.load("r0").num_requests == 1
 
 
-def test_the_prefill_rate_a_replica_measures_replaces_the_prior() -> None:
+def test_the_prefill_rate_replicas_measure_replaces_the_prior_for_the_pool() -> None:
     router = make_router(2, margin_rel=0.0)
     measured = LoadReport(0, 0, 0, 0.1, 1000, 0, 0, prefill_tokens_per_s=2000.0)
     router.on_load_report("r0", measured, now=0.0)
-    busy = LoadReport(1, 2000, 0, 0.1, 1000, 0, 0, prefill_tokens_per_s=RATE)
-    router.on_load_report("r1", busy, now=0.0)
+    router.on_load_report("r1", report(waiting_tokens=2000, waiting=1), now=0.0)
     decision = router.choose(list(range(800)), now=0.0)
-    # r0: 800 / 2000 = 0.4 s; r1 at its own 8000/s: (2000 + 800) / 8000 = 0.35 s.
-    assert decision.replica_id == "r1"
-    assert decision.ttft_s == pytest.approx(2800 / RATE)
-    assert [s.ttft_s for s in decision.sampled if s.replica_id == "r0"] in ([], [0.4])
+    # Both at the measured 2000/s (the prior, 8000/s, would price r0 at 0.1 s): r0 0.4 s,
+    # r1 (2000 + 800) / 2000 = 1.4 s.
+    assert decision.replica_id == "r0"
+    assert decision.ttft_s == pytest.approx(800 / 2000.0)
 
 
 def test_a_hit_beats_a_miss_however_fast_prefill_is() -> None:
@@ -290,16 +289,20 @@ def test_a_hit_beats_a_miss_however_fast_prefill_is() -> None:
     assert picks == {"r2"}
 
 
-def test_a_replica_without_a_measured_rate_is_priced_at_its_pools_not_the_prior() -> None:
-    """One replica measured a fast prefill, the other has not reported one yet: at the prior
-    (8,000 tokens/s) the second would look several times slower and draw nothing."""
+@pytest.mark.parametrize("other_rate", [0.0, 5_000.0])
+def test_unique_prompts_split_evenly_whatever_each_replica_measured(other_rate: float) -> None:
+    """One replica measured a fast prefill (long prompts), the other a slow one (short
+    prompts pay a step's fixed cost) or none yet: priced at their own figures, or at the
+    prior, the second would look several times slower and draw almost nothing."""
     router = make_router(2)
     fast = LoadReport(0, 0, 0, 0.1, 1000, 0, 0, prefill_tokens_per_s=40_000.0)
     router.on_load_report("r0", fast, now=0.0)
-    router.on_load_report("r1", report(), now=0.0)
+    other = LoadReport(0, 0, 0, 0.1, 1000, 0, 0, prefill_tokens_per_s=other_rate)
+    router.on_load_report("r1", other, now=0.0)
+    pool_rate = 40_000.0 if not other_rate else (40_000.0 + other_rate) / 2
     # Both idle: a 4,000-token miss costs its prefill at the measured rate on either.
     decision = router.choose(list(range(4000)), now=0.0)
-    assert decision.ttft_s == pytest.approx(4000 / 40_000.0)
+    assert decision.ttft_s == pytest.approx(4000 / pool_rate)
     rng = random.Random(1)
     picks = Counter(
         router.route(f"q{i}", tokens(rng, 256), now=0.01 * i).replica_id for i in range(16)
