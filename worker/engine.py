@@ -21,7 +21,7 @@ from worker.executor import Executor, LocalExecutor, OverlappingExecutor
 from worker.kv_cache_manager import KVCacheManager
 from worker.kv_events import KVEvent
 from worker.kv_transfer import KVHandle, KVLayout
-from worker.kv_transfer.exports import kv_layout_of, make_handle
+from worker.kv_transfer.exports import KVExports, kv_layout_of
 from worker.kv_transfer.handle import prompt_digest
 from worker.kv_transfer.imports import KVImports
 from worker.load_report import LoadReport, PrefillRateMeter
@@ -84,15 +84,15 @@ class Engine:
         # KV transfer with other replicas (disaggregated serving), when configured.
         self.engine_id = uuid.uuid4().hex[:12]
         self.kv_layout: KVLayout = kv_layout_of(config, self.model_config)
-        self._kv_leased = False  # whether exported blocks stay held for their reader
+        leased = False  # whether exported blocks stay held for their reader
         if config.kv_transport is not None:
-            self._kv_leased = self.executor.open_kv_transport(
+            leased = self.executor.open_kv_transport(
                 config.kv_transport, f"kvfleet-{self.engine_id}"
             )
+        self.exports = KVExports(self.kv, self.executor, self.engine_id, self.kv_layout, leased)
         self.imports = KVImports(
             self.kv, self.scheduler, self.executor, config.kv_transfer_timeout_s
         )
-        self._exports: dict[str, float] = {}  # request id -> lease seconds, until it ends
         self._states: dict[str, OutputState] = {}
         self._eos_ids = frozenset(self.model_config.eos_token_ids)
         self._in_flight: deque[tuple[SchedulerOutput, float]] = deque()  # (batch, submitted)
@@ -166,7 +166,7 @@ class Engine:
             queued, self.tokenizer, self._eos_ids, self.max_model_len
         )
         if request.kv_lease_s is not None:
-            self._exports[request.request_id] = request.kv_lease_s
+            self.exports.add(request.request_id, request.kv_lease_s)
         if request.kv_source is not None:
             self.imports.add(queued, request.kv_source)
         else:
@@ -189,7 +189,7 @@ class Engine:
         state = self._states.pop(request_id, None)
         if state is None:
             return None
-        self._exports.pop(request_id, None)
+        self.exports.discard(request_id)
         if self.imports.remove(state.request):
             state.request.status = RequestStatus.FINISHED_ABORTED
         else:
@@ -199,16 +199,11 @@ class Engine:
     def release_kv(self, request_id: str) -> bool:
         """The reader of an exported request's blocks is done: free them. False if they are
         not held (released already, expired, or never leased)."""
-        if self.config.kv_transport is not None:
-            self.executor.release_export(request_id)
-        return self.kv.release(request_id)
+        return self.exports.release(request_id)
 
     def expire_leases(self) -> list[str]:
         """Free the exported blocks whose lease ran out; their request ids."""
-        expired = self.kv.expire(time.monotonic())
-        for request_id in expired:
-            self.executor.release_export(request_id)  # leases exist only with a transport
-        return expired
+        return self.exports.expire(time.monotonic())
 
     def idle_wait_s(self) -> float | None:
         """How long the step loop may wait for a command: 0 with work to do, until the next
@@ -292,25 +287,12 @@ class Engine:
             status = state.on_token(token)
             handle = None
             if status is not None:
-                handle = self._export(request)
+                handle = self.exports.finish(request)  # before finish() frees the blocks
                 self.scheduler.finish(request, status)
                 del self._states[request.request_id]
             output = state.take_output()
             outputs.append(output if handle is None else replace(output, kv_handle=handle))
         return outputs
-
-    def _export(self, request: Request) -> KVHandle | None:
-        """An exported request that ended: the handle to its prompt's blocks, which stay
-        leased if the transport reads them in place."""
-        lease_s = self._exports.pop(request.request_id, None)
-        if lease_s is None:
-            return None
-        num_blocks = -(-request.num_prompt_tokens // self.kv.block_size)
-        block_ids = self.kv.block_ids(request.request_id)[:num_blocks]
-        sources = self.executor.export_kv(block_ids, request.request_id)
-        if self._kv_leased:
-            self.kv.lease(request, time.monotonic() + lease_s)
-        return make_handle(self.engine_id, request, block_ids, self.kv_layout, sources, lease_s)
 
     def _abort_all(self) -> None:
         """The replica lost a rank: every request ends, and every block goes back to the pool."""

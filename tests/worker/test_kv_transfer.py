@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 import torch
 
+from tests.worker.engine_helpers import make_engine, run_all, tokens_of
 from worker.async_engine import AsyncEngine
 from worker.block_hash import extend_block_hashes, extra_keys_for
 from worker.config import EngineConfig
 from worker.engine import Engine
 from worker.errors import EngineDeadError
 from worker.kv_transfer import KVHandle
-from worker.kv_transfer.transport import nixl_available
+from worker.kv_transfer.transport import KVTransferError, nixl_available
 from worker.messages import GenerationRequest, RequestOutput
 from worker.sampling_params import SamplingParams
 
@@ -322,3 +323,26 @@ def test_a_client_cancel_while_its_pull_waits_frees_everything(new_engine: Facto
         await _assert_whole(decode)
 
     asyncio.run(run())
+
+
+def test_a_failed_export_ends_the_prefill_without_a_handle_and_holds_nothing(
+    demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transport that cannot export (a rank refusing, say) costs the reader a local prefill;
+    the engine keeps serving and keeps no block."""
+    engine = make_engine(demo_model_dir, kv_transport="packed")
+
+    def refuse(block_ids: Any, key: str) -> Any:
+        raise KVTransferError("the staging arena of rank 1 is full")
+
+    monkeypatch.setattr(engine.executor, "export_kv", refuse)
+    once = dataclasses.replace(GREEDY, max_tokens=1)
+    request = engine.make_request("p", PROMPTS["long"], once)
+    engine.add_request(dataclasses.replace(request, kv_lease_s=30.0))
+    outputs = run_all(engine, {"after": PROMPTS["short"]}, GREEDY)
+    final = [o for o in outputs["p"] if o.finished]
+    assert final and final[0].kv_handle is None and final[0].finish_reason == "length"
+    assert tokens_of(outputs["after"])  # still serving
+    engine.check_integrity()
+    assert engine.kv.num_leased_blocks == 0
+    assert engine.kv.pool.num_free == engine.num_blocks
