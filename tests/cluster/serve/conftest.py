@@ -58,16 +58,7 @@ class Fleet:
 
     def wait_until_idle(self, timeout_s: float = 10.0) -> None:
         """No request left on any replica and every KV block back in its pool."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            states = self.kv_states()
-            idle = [
-                s.num_unfinished == 0 and s.num_free_blocks == s.num_blocks for s in states.values()
-            ]
-            if all(idle):
-                return
-            assert time.monotonic() < deadline, f"requests or KV blocks still held: {states}"
-            time.sleep(0.05)
+        wait_until_idle(self.config.app_name, DEPLOYMENT, timeout_s)
 
     def close(self) -> None:
         self.thread.stop()
@@ -75,6 +66,18 @@ class Fleet:
 
 def _idle(state: KVState) -> bool:
     return state.num_unfinished == 0 and state.num_free_blocks == state.num_blocks
+
+
+def wait_until_idle(app_name: str, deployment: str, timeout_s: float = 10.0) -> None:
+    """No request left on any replica of the deployment and every KV block back in its pool
+    (nothing leased either)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        states = kv_states(app_name, deployment)
+        if all(_idle(state) for state in states.values()):
+            return
+        assert time.monotonic() < deadline, f"{deployment}: requests or blocks held: {states}"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="package")

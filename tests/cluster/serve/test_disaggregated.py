@@ -6,7 +6,6 @@ colocated fleet's; each pool's blocks all come back."""
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +15,13 @@ from rich.console import Console
 
 from cluster import cluster_config
 from cluster.app import DEPLOYMENTS, deploy
-from cluster.fleet_status import FleetStatus, fleet_status, kv_states, render
+from cluster.fleet_status import FleetStatus, fleet_status, render
 from cluster.front_door import FrontDoorThread
-from cluster.replica import KVState, replica_ids
+from cluster.replica import replica_ids
 from cluster.run_state import RunState
 from protos.kvfleet.v1 import generation_pb2 as pb
 from router.client import GenerationClient
-from tests.cluster.serve.conftest import KV_CACHE_MB, Fleet
+from tests.cluster.serve.conftest import KV_CACHE_MB, Fleet, wait_until_idle
 from tests.net import free_port
 
 APP = "kvfleet-pd"
@@ -73,20 +72,6 @@ def _rendered(status: FleetStatus) -> str:
     return console.export_text()
 
 
-def _idle(state: KVState) -> bool:
-    return state.num_unfinished == 0 and state.num_free_blocks == state.num_blocks
-
-
-def _wait_until_idle(deployment: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        states = kv_states(APP, deployment)
-        if all(_idle(state) for state in states.values()):
-            return
-        assert time.monotonic() < deadline, f"{deployment}: blocks still held: {states}"
-        time.sleep(0.05)
-
-
 def test_a_long_prompt_is_prefilled_by_the_prefill_pool_and_decoded_by_the_other(
     fleet: Fleet, disaggregated: FrontDoorThread
 ) -> None:
@@ -97,8 +82,8 @@ def test_a_long_prompt_is_prefilled_by_the_prefill_pool_and_decoded_by_the_other
     assert finished.replica in replica_ids(APP, DEPLOYMENTS["decode"])
     assert finished.usage.transferred_tokens == finished.usage.prompt_tokens - 1
     # The decode replica released the prefill replica's lease once it had pulled.
-    _wait_until_idle(DEPLOYMENTS["prefill"])
-    _wait_until_idle(DEPLOYMENTS["decode"])
+    wait_until_idle(APP, DEPLOYMENTS["prefill"])
+    wait_until_idle(APP, DEPLOYMENTS["decode"])
 
 
 def test_a_short_prompt_is_prefilled_where_it_decodes(
@@ -109,7 +94,7 @@ def test_a_short_prompt_is_prefilled_where_it_decodes(
     assert tokens == expected
     assert finished.prefill_replica == ""
     assert finished.usage.transferred_tokens == 0
-    _wait_until_idle(DEPLOYMENTS["decode"])
+    wait_until_idle(APP, DEPLOYMENTS["decode"])
 
 
 def test_status_shows_each_pool_with_its_replicas(disaggregated: FrontDoorThread) -> None:
