@@ -10,6 +10,10 @@ alternated in rounds and medians reported:
   same prompts, float32; ``ratio_vs_hf_bf16`` the same with both in bfloat16 where the
   processor computes bf16 natively (null elsewhere);
 - ``step_overhead_ms``: scheduling plus input preparation per step with 64 running;
+- ``compiled_over_eager_64``, ``compiled_over_eager_b1``: decode steps compiled by
+  torch.compile (``torch_compile``, off by default on a CPU) over the same engine eager, in
+  output tok/s; ``compile_s``, the first engine's start-up compilation (later ones in the same
+  process reuse its graphs);
 - ``peak_rss_mb``.
 
 Last line: one JSON object of figures.
@@ -139,9 +143,18 @@ def main() -> None:
         write_demo_model(model_dir, preset="tiny", seed=0)
         hf_models = {dtype: load_hf(model_dir, getattr(torch, dtype)) for dtype in dtypes}
 
-        def fresh(dtype: str) -> Engine:
+        compile_s: list[float] = []
+
+        def fresh(dtype: str, compiled: bool = False) -> Engine:
             """A new engine per run, so that no run finds the previous one's prompts cached."""
-            return Engine(EngineConfig(model=model_dir, dtype=dtype, max_num_seqs=256))
+            config = EngineConfig(
+                model=model_dir, dtype=dtype, max_num_seqs=256, torch_compile=compiled
+            )
+            engine = Engine(config)
+            runner = getattr(engine.executor, "runner", None)
+            if runner is not None and runner.compiled is not None:
+                compile_s.append(runner.compiled.compile_s)
+            return engine
 
         prompts = make_prompts(fresh("float32"), 256)
         # Alternate kvfleet and transformers so that a machine slowing down or speeding up
@@ -153,6 +166,8 @@ def main() -> None:
                 record(f"hf_64_{dtype}", {"tok_s": run_hf(hf, prompts[:64], output_len, HF_BATCH)})
             record("ours_256", run_engine(fresh("float32"), prompts, output_len))
             record("ours_b1", run_engine(fresh("float32"), prompts[:1], output_len))
+            record("compiled_64", run_engine(fresh("float32", True), prompts[:64], output_len))
+            record("compiled_b1", run_engine(fresh("float32", True), prompts[:1], output_len))
             hf32 = hf_models["float32"]
             record("hf_b1", {"tok_s": run_hf(hf32, prompts[:1], output_len, 1)})
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -180,6 +195,9 @@ def main() -> None:
         "hf_tok_s_bf16": round(median_of(results["hf_64_bfloat16"], "tok_s"), 1) if bf16 else None,
         "ratio_vs_hf_bf16": round(ratio("ours_64_bfloat16", "hf_64_bfloat16"), 3) if bf16 else None,
         "step_overhead_ms": round(median_of(results["ours_64_float32"], "step_overhead_ms"), 3),
+        "compiled_over_eager_64": round(ratio("compiled_64", "ours_64_float32"), 3),
+        "compiled_over_eager_b1": round(ratio("compiled_b1", "ours_b1"), 3),
+        "compile_s": round(compile_s[0], 2) if compile_s else None,
         "ms_per_step_256": round(median_of(results["ours_256"], "ms_per_step"), 2),
         "peak_rss_mb": round(peak_rss_mb, 1),
         "threads": args.threads,

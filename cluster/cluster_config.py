@@ -94,6 +94,7 @@ class EngineSettings(_Section):
     seed: int = _default(EngineConfig, "seed")
     step_timeout_s: PositiveFloat = _default(EngineConfig, "step_timeout_s")
     enforce_eager: bool = _default(EngineConfig, "enforce_eager")
+    torch_compile: bool | None = _default(EngineConfig, "torch_compile")
     async_scheduling: bool | None = _default(EngineConfig, "async_scheduling")
     torch_threads: PositiveInt | None = Field(
         default=1,

@@ -1,6 +1,7 @@
 """Compute kernels: torch references (CPU), Triton kernels (CUDA), and the one dispatch point."""
 
-from kernels.attention_metadata import PagedAttentionMetadata
+from kernels import compiled_ops  # noqa: F401  (registers the kvfleet:: torch operators)
+from kernels.attention_metadata import AttentionMetadata, DecodeMetadata, PagedAttentionMetadata
 from kernels.ops import (
     fused_add_rms_norm,
     gather_blocks,
@@ -13,6 +14,8 @@ from kernels.ops import (
 )
 
 __all__ = [
+    "AttentionMetadata",
+    "DecodeMetadata",
     "PagedAttentionMetadata",
     "fused_add_rms_norm",
     "gather_blocks",

@@ -94,6 +94,24 @@ def _prefix_groups(
     return groups
 
 
+@dataclass(frozen=True)
+class DecodeMetadata:
+    """A decode-only batch (one query per sequence, row ``i`` of the query is sequence ``i``)
+    described by device tensors alone, for a forward that torch.compile traces: host-side
+    lists would be baked into the graph, and guarded, recompiling it at every step.
+    ``max_seq_len`` is a bound on every sequence's context, not the longest one this step."""
+
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32
+    seq_lens: torch.Tensor  # [num_seqs] int32
+    block_table: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32, padded with 0
+    slot_mapping: torch.Tensor  # [num_seqs] int64, -1 = do not store
+    max_seq_len: int
+    block_size: int
+
+
+AttentionMetadata = PagedAttentionMetadata | DecodeMetadata
+
+
 @dataclass
 class SharedPrefix:
     members: torch.Tensor  # [M] decode-row indices (into DecodePlan's rows)

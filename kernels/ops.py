@@ -4,7 +4,9 @@ Every operation the model runs goes through here, so the choice of implementatio
 one place: the Triton kernel when the tensors are on a CUDA device and Triton is installed, else
 (CPU) the torch reference, except attention, which on CPU runs the native kernel that reads the
 paged cache in place (attention_native), or where that cannot be built the batched torch path;
-both are tested against the reference. Triton modules are imported on first use only, so this
+both are tested against the reference. In a forward traced by torch.compile, attention over a
+DecodeMetadata and the cache write go through the custom operators of compiled_ops, which call
+back here at run time. Triton modules are imported on first use only, so this
 module imports on machines without Triton.
 """
 
@@ -18,7 +20,7 @@ import torch
 from kernels import attention_native
 from kernels.activation_ref import silu_and_mul_ref
 from kernels.attention_cpu import paged_attention_cpu
-from kernels.attention_metadata import PagedAttentionMetadata
+from kernels.attention_metadata import AttentionMetadata, DecodeMetadata
 from kernels.block_copy_ref import gather_blocks_ref, scatter_blocks_ref
 from kernels.kv_store_ref import store_kv_ref
 from kernels.norm_ref import fused_add_rms_norm_ref, rms_norm_ref
@@ -48,9 +50,14 @@ def _triton_installed() -> bool:
 
 
 def paged_attention(
-    query: torch.Tensor, kv_cache: torch.Tensor, meta: PagedAttentionMetadata, scale: float
+    query: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
     """Causal attention of ``query`` [T, H, D] over the paged ``kv_cache``; see attention_ref."""
+    if isinstance(meta, DecodeMetadata):
+        return torch.ops.kvfleet.paged_decode_attention(
+            query, kv_cache, meta.query_start_loc, meta.seq_lens, meta.block_table, scale,
+            meta.max_seq_len,
+        )  # fmt: skip
     if uses_triton(query):
         from kernels.attention_triton import paged_attention_triton
 
@@ -64,6 +71,8 @@ def store_kv(
     key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor
 ) -> None:
     """Write ``key``/``value`` [T, KV, D] into ``kv_cache`` at ``slot_mapping``; -1 skipped."""
+    if torch.compiler.is_compiling():
+        return torch.ops.kvfleet.store_kv(key, value, kv_cache, slot_mapping)
     if uses_triton(key):
         from kernels.kv_store_triton import store_kv_triton
 

@@ -30,7 +30,13 @@ class EngineConfig:
     many layers each pipeline stage holds (even split if unset); ``placement`` "pack" keeps all
     ranks on one node, "spread" only each stage's TP ranks. A single-rank replica on a GPU
     captures CUDA graphs of decode steps of up to ``cuda_graph_max_batch`` sequences at start-up
-    (worker/cuda_graphs.py) unless ``enforce_eager``. ``load_format`` "dummy" builds the
+    (worker/cuda_graphs.py) unless ``enforce_eager``. ``torch_compile`` compiles the forward of
+    decode steps with torch.compile at start-up (single-rank replicas, worker/compiled_decode.py;
+    the CUDA graphs then record the compiled forward); None means on a GPU and not on a CPU,
+    where it measured no faster on the demo model (bench.engine ``compiled_over_eager_*``) and
+    costs seconds at start-up. ``enforce_eager`` turns compilation and CUDA graphs off; a
+    compilation that fails is logged and the steps run eagerly.
+    ``load_format`` "dummy" builds the
     model from config.json alone with random weights (seeded by ``seed``), for benchmarks
     without a checkpoint. ``async_scheduling`` (single-rank replicas) runs each step on a
     thread of its own while the engine schedules the next and processes the previous one's
@@ -69,6 +75,7 @@ class EngineConfig:
     placement: str = "pack"
     step_timeout_s: float = 60.0
     enforce_eager: bool = False
+    torch_compile: bool | None = None
     cuda_graph_max_batch: int = 128
     async_scheduling: bool | None = None
     kv_transport: str | None = None
@@ -85,6 +92,12 @@ class EngineConfig:
     @property
     def world_size(self) -> int:
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    def compiles_steps(self, device_type: str) -> bool:
+        """Whether decode steps are compiled on this device type (see ``torch_compile``)."""
+        if self.world_size != 1 or self.enforce_eager:
+            return False
+        return device_type == "cuda" if self.torch_compile is None else self.torch_compile
 
     def __post_init__(self) -> None:
         checks = {
@@ -130,6 +143,13 @@ class EngineConfig:
         if self.accelerator not in _ACCELERATORS:
             raise ValueError(
                 f"accelerator must be one of {', '.join(_ACCELERATORS)}, got {self.accelerator!r}"
+            )
+        if self.torch_compile and self.enforce_eager:
+            raise ValueError("torch_compile and enforce_eager are both set: choose one")
+        if self.torch_compile and self.world_size > 1:
+            raise ValueError(
+                "torch_compile needs a single-rank replica "
+                "(tensor_parallel_size and pipeline_parallel_size 1)"
             )
         if not self.kv_transfer_timeout_s > 0:
             raise ValueError(f"kv_transfer_timeout_s must be > 0, got {self.kv_transfer_timeout_s}")

@@ -14,8 +14,10 @@ batches. A graph replays them in one launch, but only over fixed shapes and fixe
   longest context, and its programs read the true lengths from the device tensor at replay
   (splits past a sequence's end exit at once).
 
-Only single-rank replicas are captured: collectives over gloo cannot be, and NCCL's need their
-own care. Steps with any prefill row, or more sequences than ``max_batch``, run eagerly.
+When the decode forward is compiled (worker/compiled_decode.py), the graphs record the compiled
+forward instead of the eager one. Only single-rank replicas are captured: collectives over gloo
+cannot be, and NCCL's need their own care. Steps with any prefill row, or more sequences than
+``max_batch``, run eagerly.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from kernels import PagedAttentionMetadata
+from worker.compiled_decode import CompiledDecode
 from worker.model.llama import LlamaForCausalLM
 from worker.step_input import StepInput
 
@@ -46,8 +49,10 @@ class DecodeGraphs:
         max_model_len: int,
         max_batch: int,
         device: torch.device,
+        compiled: CompiledDecode | None = None,
     ) -> None:
         self.model = model
+        self.compiled = compiled
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.max_model_len = max_model_len
@@ -101,8 +106,16 @@ class DecodeGraphs:
         )
 
     def forward(self, bucket: int, seq_lens_host: list[int]) -> torch.Tensor:
-        """The model, eagerly, over the buffers: what a graph records, and the CPU check of
-        the padding."""
+        """The model over the buffers (compiled if it was, else eagerly): what a graph
+        records, and the CPU check of the padding."""
+        if self.compiled is not None:
+            return self.compiled.compiled_forward(
+                self.input_ids[:bucket],
+                self.positions[:bucket],
+                self.slot_mapping[:bucket],
+                self.seq_lens[:bucket],
+                self.block_table[:bucket],
+            )
         out = self.model(
             self.input_ids[:bucket],
             self.positions[:bucket],

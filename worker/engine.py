@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections import deque
@@ -38,6 +39,8 @@ from worker.sampling_params import SamplingParams
 from worker.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from worker.step_input import build_step_input
 from worker.tokenizer import Tokenizer
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,6 +111,8 @@ class Engine:
                 config.model, mc, state, device, load_format=config.load_format, seed=config.seed
             )
             runner = ModelRunner(model, mc, num_blocks, config.block_size, state)
+            if config.compiles_steps(device.type):
+                self._compile(runner)
             if device.type == "cuda" and not config.enforce_eager:
                 max_batch = min(config.cuda_graph_max_batch, config.max_num_seqs)
                 runner.capture_decode_graphs(self.max_model_len, max_batch)
@@ -124,6 +129,16 @@ class Engine:
         if not ray.is_initialized():
             ray.init()  # joins RAY_ADDRESS if set, else starts a local cluster
         return RayExecutor(config, num_blocks)
+
+    def _compile(self, runner: ModelRunner) -> None:
+        """Compile decode steps, or log why they stay eager: a replica that cannot compile
+        still serves."""
+        try:
+            seconds = runner.compile_decode(self.max_model_len, max(2, self.config.max_num_seqs))
+        except Exception as exc:  # Dynamo and Inductor raise many types; none is fatal here
+            _log.warning("decode steps run eagerly: torch.compile failed: %s", exc)
+        else:
+            _log.info("decode steps compiled in %.1f s", seconds)
 
     @property
     def max_model_len(self) -> int:

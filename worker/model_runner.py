@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 
 from kernels import PagedAttentionMetadata
+from worker.compiled_decode import CompiledDecode
 from worker.cuda_graphs import DecodeGraphs
 from worker.model.llama import LlamaForCausalLM
 from worker.model.loader import torch_dtype
@@ -47,9 +48,25 @@ class ModelRunner:
         self.sampler = Sampler()
         self._pending_send: dist.Work | None = None
         self.graphs: DecodeGraphs | None = None
+        self.compiled: CompiledDecode | None = None
         # The previous step's sampling rows and tokens: a step built before they were known
         # reads its inputs from them (StepInput.pending_inputs).
         self._previous: tuple[list[SamplingRow], list[SampledToken]] = ([], [])
+
+    def compile_decode(self, max_model_len: int, max_batch: int) -> float:
+        """Compile the forward of decode steps of at most ``max_batch`` sequences (see
+        worker/compiled_decode.py); later such steps run it, and CUDA graphs captured after
+        this record it. Single-rank replicas only. Returns the seconds compilation took;
+        raises what it raised, leaving the runner eager."""
+        if self.parallel.config.world_size != 1:
+            raise ValueError("compiled steps need a single-rank replica")
+        compiled = CompiledDecode(
+            self.model, self.kv_caches, self.block_size, max_model_len, max_batch,
+            self.parallel.device,
+        )  # fmt: skip
+        compiled.warm_up()
+        self.compiled = compiled
+        return compiled.compile_s
 
     def capture_decode_graphs(self, max_model_len: int, max_batch: int) -> None:
         """Record CUDA graphs of decode steps (see worker/cuda_graphs.py); later decode steps of
@@ -58,7 +75,7 @@ class ModelRunner:
             raise ValueError("CUDA graphs need a single-rank replica on a CUDA device")
         graphs = DecodeGraphs(
             self.model, self.kv_caches, self.block_size, max_model_len, max_batch,
-            self.parallel.device,
+            self.parallel.device, self.compiled,
         )  # fmt: skip
         graphs.capture()
         self.graphs = graphs
@@ -81,6 +98,8 @@ class ModelRunner:
         bucket = graphs.bucket_for(step) if graphs is not None else None
         if graphs is not None and bucket is not None:
             return self._sample(graphs.replay(step, bucket), step)
+        if self.compiled is not None and self.compiled.accepts(step):
+            return self._sample(self.compiled.run(step), step)
         meta = PagedAttentionMetadata(
             query_start_loc=torch.tensor(step.query_start_loc, dtype=torch.int32, device=device),
             seq_lens=torch.tensor(step.seq_lens, dtype=torch.int32, device=device),

@@ -10,6 +10,7 @@ import torch
 
 from kernels import PagedAttentionMetadata
 from tests.worker.engine_helpers import GREEDY_32, make_engine, run_all, tokens_of
+from tests.worker.test_compiled_decode import tokens_of_staggered_run
 from worker.cuda_graphs import DecodeGraphs, batch_buckets
 from worker.engine import Engine
 from worker.step_input import StepInput
@@ -100,3 +101,15 @@ def test_graph_decode_gives_the_tokens_of_eager_decode(demo_model_dir: Path) -> 
     eager = make_engine(demo_model_dir, enforce_eager=True)
     got, want = run_all(graphed, prompts, GREEDY_32), run_all(eager, prompts, GREEDY_32)
     assert {r: tokens_of(o) for r, o in got.items()} == {r: tokens_of(o) for r, o in want.items()}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_graphs_of_the_compiled_forward_give_the_tokens_of_eager_decode(
+    demo_model_dir: Path,
+) -> None:
+    compiled = make_engine(demo_model_dir, torch_compile=True)
+    runner = compiled.executor.runner  # type: ignore[attr-defined]
+    assert runner.compiled is not None and runner.graphs is not None
+    assert runner.graphs.compiled is runner.compiled
+    got = tokens_of_staggered_run(compiled)
+    assert got == tokens_of_staggered_run(make_engine(demo_model_dir, enforce_eager=True))

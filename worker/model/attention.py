@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from kernels import ops
-from kernels.attention_metadata import PagedAttentionMetadata
+from kernels.attention_metadata import AttentionMetadata
 from worker.model.linear import QKVParallelLinear, RowParallelLinear
 from worker.model.norm import RMSNorm
 from worker.model.rotary import RotaryEmbedding
@@ -57,7 +57,7 @@ class Attention(nn.Module):
         positions: torch.Tensor,
         hidden: torch.Tensor,
         kv_cache: torch.Tensor,
-        meta: PagedAttentionMetadata,
+        meta: AttentionMetadata,
     ) -> torch.Tensor:
         """``hidden`` [T, hidden_size] → [T, hidden_size]; writes this step's keys and values
         into ``kv_cache`` [2, num_blocks, block_size, KV, D] (KV: this rank's heads) at

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from kernels import ops
-from kernels.attention_metadata import PagedAttentionMetadata
+from kernels.attention_metadata import AttentionMetadata
 from worker.model.attention import Attention
 from worker.model.embedding import ParallelLMHead, VocabParallelEmbedding
 from worker.model.linear import ColumnParallelLinear, RowParallelLinear
@@ -64,7 +64,7 @@ class LlamaDecoderLayer(nn.Module):
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
         kv_cache: torch.Tensor,
-        meta: PagedAttentionMetadata,
+        meta: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(mlp output, residual)``; their sum is this layer's output."""
         if residual is None:
@@ -106,7 +106,7 @@ class LlamaModel(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
-        meta: PagedAttentionMetadata,
+        meta: AttentionMetadata,
         intermediate: Intermediate | None,
     ) -> torch.Tensor | Intermediate:
         residual: torch.Tensor | None = None
@@ -196,7 +196,7 @@ class LlamaForCausalLM(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         kv_caches: list[torch.Tensor],
-        meta: PagedAttentionMetadata,
+        meta: AttentionMetadata,
         intermediate: Intermediate | None = None,
     ) -> torch.Tensor | Intermediate:
         """``input_ids`` and ``positions`` [T] long; one KV cache per local layer. Returns the
