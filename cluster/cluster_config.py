@@ -91,6 +91,8 @@ class EngineSettings(_Section):
     max_num_batched_tokens: PositiveInt = _default(EngineConfig, "max_num_batched_tokens")
     max_model_len: PositiveInt | None = _default(EngineConfig, "max_model_len")
     enable_prefix_caching: bool = _default(EngineConfig, "enable_prefix_caching")
+    max_n: PositiveInt = _default(EngineConfig, "max_n")
+    max_beam_width: PositiveInt = _default(EngineConfig, "max_beam_width")
     seed: int = _default(EngineConfig, "seed")
     step_timeout_s: PositiveFloat = _default(EngineConfig, "step_timeout_s")
     enforce_eager: bool = _default(EngineConfig, "enforce_eager")

@@ -48,6 +48,8 @@ class EngineConfig:
     a GPU when the driver sees one (it may not: a Serve replica asks for no GPU of its own when
     its ranks are actors). ``ray_resources`` are custom Ray resources each rank also asks for
     (a Kubernetes deployment names each pool's pods that way).
+    A request runs at most ``max_n`` sequences sampled from one prompt, or a beam search of at
+    most ``max_beam_width`` beams (each also capped by ``max_num_seqs``).
     ``kv_transport`` opens KV transfer with other replicas (disaggregated prefill and decode,
     worker/kv_transfer): "nixl", "packed" (the blocks travel inside the handle) or "auto"
     (NIXL where it is installed); None, the default, opens none. A pull that has not finished
@@ -68,6 +70,8 @@ class EngineConfig:
     max_stop_strings: int = 16
     max_stop_string_chars: int = 256
     max_logprobs: int = 20
+    max_n: int = 16
+    max_beam_width: int = 16
     seed: int = 0
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
@@ -110,6 +114,8 @@ class EngineConfig:
             "tensor_parallel_size": self.tensor_parallel_size,
             "pipeline_parallel_size": self.pipeline_parallel_size,
             "cuda_graph_max_batch": self.cuda_graph_max_batch,
+            "max_n": self.max_n,
+            "max_beam_width": self.max_beam_width,
         }
         if self.num_kv_blocks is not None:
             checks["num_kv_blocks"] = self.num_kv_blocks

@@ -37,6 +37,7 @@ from worker.request_builder import RequestBuilder
 from worker.sampler import SampledToken
 from worker.sampling_params import SamplingParams
 from worker.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from worker.sequence_groups import SequenceGroups
 from worker.step_input import build_step_input
 from worker.tokenizer import Tokenizer
 
@@ -98,6 +99,10 @@ class Engine:
         )
         self._states: dict[str, OutputState] = {}
         self._eos_ids = frozenset(self.model_config.eos_token_ids)
+        self.groups = SequenceGroups(
+            self.kv, self.scheduler, self._states, self._output_state, self.tokenizer,
+            self._eos_ids,
+        )  # fmt: skip
         self._in_flight: deque[tuple[SchedulerOutput, float]] = deque()  # (batch, submitted)
         self.prefill_rate = PrefillRateMeter()
         self._last_result = 0.0  # when the previous step's tokens came back
@@ -170,6 +175,10 @@ class Engine:
             self._check_source(request.kv_source, request.prompt_token_ids)
         if request.kv_lease_s is not None and self.config.kv_transport is None:
             raise InvalidRequestError("kv_lease_s", "this engine has no KV transport open")
+        several = request.params.num_sequences > 1
+        if several and (request.kv_lease_s is not None or request.kv_source is not None):
+            field = "beam_width" if request.params.beam_search else "n"
+            raise InvalidRequestError(field, "several sequences are not served disaggregated")
         queued = Request(
             request.request_id,
             request.prompt_token_ids,
@@ -177,15 +186,18 @@ class Engine:
             self.config.block_size,
             request.cache_salt,
         )
-        self._states[request.request_id] = OutputState(
-            queued, self.tokenizer, self._eos_ids, self.max_model_len
-        )
+        self._states[request.request_id] = self._output_state(queued)
+        if several:
+            self.groups.add(queued, request.params)
         if request.kv_lease_s is not None:
             self.exports.add(request.request_id, request.kv_lease_s)
         if request.kv_source is not None:
             self.imports.add(queued, request.kv_source)
         else:
             self.scheduler.add(queued)
+
+    def _output_state(self, request: Request) -> OutputState:
+        return OutputState(request, self.tokenizer, self._eos_ids, self.max_model_len)
 
     def _check_source(self, handle: KVHandle, prompt: list[int]) -> None:
         """A handle is pulled from only by an engine with a transport like its own, with the
@@ -201,6 +213,8 @@ class Engine:
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request wherever it is and free its blocks; its final output, or None if the
         id is unknown (finished already, say)."""
+        if request_id in self.groups.request_ids:
+            return self.groups.abort(request_id)
         state = self._states.pop(request_id, None)
         if state is None:
             return None
@@ -243,7 +257,9 @@ class Engine:
             times.schedule += t1 - t0
             if not batch.scheduled:
                 break
-            step = build_step_input(batch, self.kv.block_ids, self.config.block_size)
+            step = build_step_input(
+                batch, self.kv.block_ids, self.config.block_size, self.kv.take_copies()
+            )
             t2 = time.perf_counter()
             times.prepare += t2 - t1
             try:
@@ -293,6 +309,10 @@ class Engine:
             if not item.is_current:  # aborted or preempted while its batch was in flight
                 continue
             request = item.request
+            group = self.groups.group_of(request.request_id)
+            if group is not None:
+                outputs += self.groups.on_sample(group, request, token)
+                continue
             if self.scheduler.config.run_ahead:
                 request.num_pending_samples -= 1
             request.append_output_token(token.token_id)
@@ -312,7 +332,7 @@ class Engine:
     def _abort_all(self) -> None:
         """The replica lost a rank: every request ends, and every block goes back to the pool."""
         self._in_flight.clear()
-        for request_id in list(self._states):
+        for request_id in [*self.groups.request_ids, *self._states]:
             self.abort(request_id)
 
     def shutdown(self) -> None:

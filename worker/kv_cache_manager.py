@@ -21,6 +21,9 @@ class KVCacheManager:
         # Blocks kept past their request's end for another replica to read: by request id,
         # with when the lease runs out (time.monotonic()).
         self._leases: dict[str, tuple[list[KVBlock], float]] = {}
+        # Copy-on-write copies (source block id, destination block id) that the next step's
+        # ranks make before they run it (StepInput.block_copies).
+        self._copies: list[tuple[int, int]] = []
         self.prefix_queries = 0  # tokens looked up in the prefix cache
         self.prefix_hits = 0  # of which found
 
@@ -69,16 +72,55 @@ class KVCacheManager:
         )
         needed = -(-num_tokens // self.block_size) - len(held) - len(computed_blocks)
         revived = sum(1 for b in computed_blocks if b.ref_cnt == 0)
-        if max(needed, 0) + revived > self.pool.num_free:
+        shared = self._shared_write_block(request, held) if num_new_tokens else None
+        if max(needed, 0) + revived + (shared is not None) > self.pool.num_free:
             return False
         self.pool.touch(computed_blocks)
         blocks = self._blocks.setdefault(request.request_id, [])
         blocks.extend(computed_blocks)
+        if shared is not None:
+            self._copy_on_write(blocks, shared)
         if needed > 0:
             blocks.extend(self.pool.allocate(needed))
         if computed_blocks:
             self._num_cached_blocks[request.request_id] = len(computed_blocks)
         return True
+
+    def fork(self, parent: Request, child: Request) -> None:
+        """Give ``child`` (a fork of ``parent`` holding its first tokens) the parent's blocks
+        for its first ``child.num_computed_tokens`` tokens: shared, one more reference each,
+        never copied until one of them writes into a block the other still reads."""
+        count = -(-child.num_computed_tokens // self.block_size)
+        shared = self._blocks[parent.request_id][:count]
+        self.pool.touch(shared)
+        self._blocks[child.request_id] = list(shared)
+        done = self._num_cached_blocks.get(parent.request_id, 0)
+        self._num_cached_blocks[child.request_id] = min(done, count)
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """The copy-on-write copies made since the last call, for the step about to run."""
+        copies, self._copies = self._copies, []
+        return copies
+
+    def _shared_write_block(self, request: Request, held: list[KVBlock]) -> int | None:
+        """The index in ``held`` of the block the request's next token is written into, if
+        another sequence holds it too (only a fork's partly filled last block can be)."""
+        index = request.num_computed_tokens // self.block_size
+        if index < len(held) and held[index].ref_cnt > 1:
+            return index
+        return None
+
+    def _copy_on_write(self, blocks: list[KVBlock], index: int) -> None:
+        """Swap ``blocks[index]`` for a fresh copy of it; the other holders keep the original.
+
+        before:  seq A [b0 b1 b2*]   seq B [b0 b1 b2*]     (b2 partly filled, shared)
+        after:   seq A [b0 b1 b2*]   seq B [b0 b1 b9 ]     (b9 := b2, written by B only)
+        """
+        source = blocks[index]
+        (copy,) = self.pool.allocate(1)
+        self._copies.append((source.block_id, copy.block_id))
+        blocks[index] = copy
+        self.pool.free([source])
 
     def cache_blocks(self, request: Request) -> None:
         """Publish the request's blocks that are now full and computed to the prefix cache."""

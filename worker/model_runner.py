@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from kernels import PagedAttentionMetadata
+from kernels import PagedAttentionMetadata, ops
 from worker.compiled_decode import CompiledDecode
 from worker.cuda_graphs import DecodeGraphs
 from worker.model.llama import LlamaForCausalLM
@@ -82,6 +82,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, step: StepInput) -> list[SampledToken] | None:
+        if step.block_copies:
+            self._copy_blocks(step.block_copies)
         if step.pending_inputs:
             rows, tokens = self._previous
             token_of = {row.request_id: t.token_id for row, t in zip(rows, tokens, strict=True)}
@@ -91,6 +93,15 @@ class ModelRunner:
         if sampled is not None:
             self._previous = (step.sampling, sampled)
         return sampled
+
+    def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy-on-write: each (source, destination) block, in every local layer's cache, with
+        the kernels' block gather and scatter (Triton on a GPU, torch on a CPU)."""
+        device = self.parallel.device
+        sources = torch.tensor([s for s, _ in copies], dtype=torch.int64, device=device)
+        destinations = torch.tensor([d for _, d in copies], dtype=torch.int64, device=device)
+        for cache in self.kv_caches:
+            ops.scatter_blocks(ops.gather_blocks(cache, sources), cache, destinations)
 
     def _execute(self, step: StepInput) -> list[SampledToken] | None:
         device = self.parallel.device

@@ -63,6 +63,10 @@ class Request:
         self.num_pending_samples = 0
         self.status = RequestStatus.WAITING
         self.stop_reason: str | int | None = None
+        # A sequence of a group (n > 1, or beam search; worker/sequence_groups.py): the group's
+        # request id, and the sequences it will still fork (seats the scheduler keeps for them).
+        self.group_id: str | None = None
+        self.pending_forks = 0
         self._block_size = block_size
         self._extra_keys = extra_keys_for(cache_salt)
         self.block_hashes: list[BlockHash] = []
@@ -93,6 +97,25 @@ class Request:
         self.all_token_ids.append(token_id)
         if len(self.all_token_ids) % self._block_size == 0:
             self.update_block_hashes()
+
+    def fork(self, request_id: str, num_tokens: int, params: SamplingParams) -> Request:
+        """A new sequence of the same group: this one's first ``num_tokens`` tokens, no KV of
+        its own yet (KVCacheManager.fork shares this one's blocks with it)."""
+        child = Request(
+            request_id,
+            self.prompt_token_ids,
+            params,
+            self._block_size,
+            self.cache_salt,
+            self.arrival_time,
+        )
+        child.all_token_ids = self.all_token_ids[:num_tokens]
+        child.block_hashes = self.block_hashes[: num_tokens // self._block_size]
+        child.first_scheduled_time = self.first_scheduled_time
+        child.first_token_time = self.first_token_time
+        child.num_cached_tokens = self.num_cached_tokens
+        child.group_id = self.group_id
+        return child
 
     def update_block_hashes(self) -> None:
         extend_block_hashes(

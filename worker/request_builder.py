@@ -65,6 +65,8 @@ class RequestBuilder:
             max_stop_strings=config.max_stop_strings,
             max_stop_string_chars=config.max_stop_string_chars,
             max_logprobs=config.max_logprobs,
+            max_n=min(config.max_n, config.max_num_seqs),
+            max_beam_width=min(config.max_beam_width, config.max_num_seqs),
         )
 
     def check_sizes(self, request_id: str, prompt: str | list[int], cache_salt: str | None) -> None:

@@ -18,11 +18,19 @@ class SamplingLimits:
     max_stop_string_chars: int = 256
     max_stop_token_ids: int = 64
     max_logprobs: int = 20
+    max_n: int = 16
+    max_beam_width: int = 16
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one request samples and when it stops. ``temperature == 0`` is greedy."""
+    """How one request samples and when it stops. ``temperature == 0`` is greedy.
+
+    ``n`` sequences share the prompt's KV blocks (worker/sequence_groups.py): sampled
+    independently, sequence ``i`` seeded with ``seed + i`` when ``seed`` is set; or, with
+    ``beam_width`` > 1, the best ``n`` of a beam search kept at ``beam_width`` beams, scored by
+    cumulative log-probability over ``generated_length ** length_penalty`` and stopped as
+    transformers' ``generate(num_beams=...)`` stops (``early_stopping`` likewise)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -35,10 +43,23 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     include_stop_str_in_output: bool = False
+    n: int = 1
+    beam_width: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool = False
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def beam_search(self) -> bool:
+        return self.beam_width > 1
+
+    @property
+    def num_sequences(self) -> int:
+        """How many sequences the request runs at once."""
+        return self.beam_width if self.beam_search else self.n
 
     def validate(self, num_prompt_tokens: int, limits: SamplingLimits) -> None:
         """Raise InvalidRequestError naming the first bad field."""
@@ -68,6 +89,39 @@ class SamplingParams:
                 "logprobs", f"must be in [0, {limits.max_logprobs}], got {self.logprobs}"
             )
         self._validate_stops(limits)
+        self._validate_sequences(limits)
+
+    def _validate_sequences(self, limits: SamplingLimits) -> None:
+        if not 1 <= self.n <= limits.max_n:
+            raise InvalidRequestError("n", f"must be in [1, {limits.max_n}], got {self.n}")
+        if not 1 <= self.beam_width <= limits.max_beam_width:
+            raise InvalidRequestError(
+                "beam_width", f"must be in [1, {limits.max_beam_width}], got {self.beam_width}"
+            )
+        if not math.isfinite(self.length_penalty):
+            raise InvalidRequestError(
+                "length_penalty", f"must be a finite number, got {self.length_penalty}"
+            )
+        if not self.beam_search:
+            if self.length_penalty != 1.0 or self.early_stopping:
+                field = "length_penalty" if self.length_penalty != 1.0 else "early_stopping"
+                raise InvalidRequestError(field, "applies to beam search only (beam_width > 1)")
+            return
+        # Beam search ranks continuations by log-probability: nothing is sampled.
+        if not self.greedy:
+            raise InvalidRequestError(
+                "temperature", f"beam search needs temperature 0, got {self.temperature}"
+            )
+        if self.n > self.beam_width:
+            raise InvalidRequestError(
+                "n", f"beam search returns at most beam_width ({self.beam_width}) sequences"
+            )
+        if self.stop:
+            raise InvalidRequestError(
+                "stop", "stop strings do not apply to beam search; use stop_token_ids"
+            )
+        if self.logprobs is not None:
+            raise InvalidRequestError("logprobs", "not returned by beam search")
 
     def _validate_stops(self, limits: SamplingLimits) -> None:
         if len(self.stop) > limits.max_stop_strings:

@@ -96,8 +96,19 @@ class Scheduler:
             self.waiting.append(request)
 
     @property
+    def num_seats(self) -> int:
+        """Sequences running, and those their groups will still fork."""
+        return len(self.running) + sum(r.pending_forks for r in self.running)
+
+    @property
     def has_free_slot(self) -> bool:
-        return len(self.running) < self.config.max_num_seqs
+        return self.num_seats < self.config.max_num_seqs
+
+    def adopt(self, request: Request) -> None:
+        """Run a sequence forked from a running one (it shares the blocks KVCacheManager.fork
+        gave it), in the seat its group kept for it."""
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
 
     def resume(self, request: Request, num_cached_tokens: int) -> None:
         """Run a request that already holds its blocks, filled up to ``num_computed_tokens``
@@ -122,10 +133,16 @@ class Scheduler:
                 index += 1
                 continue
             while not self.kv.allocate_slots(request, num_new):
-                victim = self.running.pop()
-                self._preempt(victim)
-                out.preempted.append(victim)
-                if victim is request:
+                victims = self._group_of(self.running[-1])
+                # A victim's sibling may be in this batch already: take it out again, so that
+                # the step writes nothing into the blocks freed now.
+                index -= sum(1 for r in self.running[:index] if r in victims)
+                budget += self._unschedule(out, victims)
+                for victim in reversed(victims):
+                    self.running.remove(victim)
+                    self._preempt(victim)
+                out.preempted += victims
+                if request in victims:
                     break
             else:
                 out.scheduled.append(self._take(request, num_new))
@@ -134,9 +151,10 @@ class Scheduler:
 
         # A step that had to preempt admits nobody: the pool is already short.
         while not out.preempted and self.waiting and budget > 0:
-            if len(self.running) >= self.config.max_num_seqs or len(out.scheduled) >= seq_cap:
-                break
             request = self.waiting[0]
+            seats = 1 + request.pending_forks
+            if self.num_seats + seats > self.config.max_num_seqs or len(out.scheduled) >= seq_cap:
+                break
             admitted = self.kv.admit(request, budget)
             if admitted is None:
                 break
@@ -177,9 +195,24 @@ class Scheduler:
         # Advance now, so a chunk is never scheduled twice even before its step completes.
         request.num_computed_tokens += num_new
         samples = request.num_computed_tokens == request.num_tokens + request.num_pending_samples
-        if samples and self.config.run_ahead:
+        # A group's sequences never run ahead: what each does next (fork, drop, continue)
+        # is decided once the whole group's step is back.
+        if samples and self.config.run_ahead and request.group_id is None:
             request.num_pending_samples += 1
         return ScheduledRequest(request, start, num_new, samples, request.num_preemptions)
+
+    def _group_of(self, request: Request) -> list[Request]:
+        """The running sequences preempted with ``request``: its whole group, if it has one."""
+        if request.group_id is None:
+            return [request]
+        return [r for r in self.running if r.group_id == request.group_id]
+
+    @staticmethod
+    def _unschedule(out: SchedulerOutput, requests: list[Request]) -> int:
+        """Take ``requests`` out of the batch being built; the tokens this frees."""
+        taken = [item for item in out.scheduled if item.request in requests]
+        out.scheduled = [item for item in out.scheduled if item.request not in requests]
+        return sum(item.num_new_tokens for item in taken)
 
     def _preempt(self, request: Request) -> None:
         self.kv.free(request)

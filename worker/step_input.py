@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker.sampling_params import SamplingParams
 from worker.scheduler import SchedulerOutput
@@ -35,12 +35,16 @@ class StepInput:
     # Rows whose input is the token the previous step sampled for this request, not known
     # when the step was built (a scheduler running ahead); the runner fills them in.
     pending_inputs: list[tuple[int, str]]
+    # (source, destination) block ids each rank copies in its cache before the forward pass:
+    # copy-on-write of a block that forked sequences share (KVCacheManager.fork).
+    block_copies: list[tuple[int, int]] = field(default_factory=list)
 
 
 def build_step_input(
     batch: SchedulerOutput,
     block_ids_of: Callable[[str], list[int]],
     block_size: int,
+    block_copies: list[tuple[int, int]] | None = None,
 ) -> StepInput:
     bs = block_size
     input_ids: list[int] = []
@@ -83,4 +87,5 @@ def build_step_input(
         logits_rows=logits_rows,
         sampling=sampling,
         pending_inputs=pending,
+        block_copies=block_copies or [],
     )
