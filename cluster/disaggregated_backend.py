@@ -108,7 +108,10 @@ class DisaggregatedBackend(Backend):
     ) -> tuple[KVHandle | None, RequestOutput | None]:
         """The prompt run on the prefill pool, its blocks leased: the handle (None if that
         failed) and the prefill's final output."""
-        once = dataclasses.replace(request.params, max_tokens=1, stop=(), logprobs=None)
+        once = dataclasses.replace(
+            request.params, max_tokens=1, stop=(), logprobs=None, n=1, beam_width=1,
+            length_penalty=1.0, early_stopping=False,
+        )  # fmt: skip
         leased = dataclasses.replace(request, params=once, kv_lease_s=self.policy.kv_lease_s)
         final = None
         try:

@@ -26,6 +26,10 @@ class Sampling(TypedDict, total=False):
     ignore_eos: bool
     logprobs: int
     include_stop_str_in_output: bool
+    n: int
+    beam_width: int
+    length_penalty: float
+    early_stopping: bool
 
 
 class GenerateStream:

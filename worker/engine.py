@@ -176,9 +176,9 @@ class Engine:
         if request.kv_lease_s is not None and self.config.kv_transport is None:
             raise InvalidRequestError("kv_lease_s", "this engine has no KV transport open")
         several = request.params.num_sequences > 1
-        if several and (request.kv_lease_s is not None or request.kv_source is not None):
+        if several and request.kv_lease_s is not None:  # a prefill computes one sequence
             field = "beam_width" if request.params.beam_search else "n"
-            raise InvalidRequestError(field, "several sequences are not served disaggregated")
+            raise InvalidRequestError(field, "a prefill for another replica runs one sequence")
         queued = Request(
             request.request_id,
             request.prompt_token_ids,

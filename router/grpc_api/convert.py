@@ -34,6 +34,12 @@ def sampling_params(proto: pb.SamplingParameters) -> SamplingParams:
         ignore_eos=proto.ignore_eos,
         logprobs=proto.logprobs if proto.HasField("logprobs") else d.logprobs,
         include_stop_str_in_output=proto.include_stop_str_in_output,
+        n=proto.n or d.n,
+        beam_width=proto.beam_width or d.beam_width,
+        length_penalty=(
+            proto.length_penalty if proto.HasField("length_penalty") else d.length_penalty
+        ),
+        early_stopping=proto.early_stopping,
     )
 
 
@@ -52,7 +58,10 @@ def request_id_of(proto: pb.GenerateRequest) -> str:
 
 def generate_response(output: RequestOutput) -> pb.GenerateResponse:
     response = pb.GenerateResponse(
-        request_id=output.request_id, token_ids=output.token_ids, text=output.text
+        request_id=output.request_id,
+        token_ids=output.token_ids,
+        text=output.text,
+        index=output.index,
     )
     for lp in output.logprobs or ():
         response.logprobs.append(
@@ -61,7 +70,7 @@ def generate_response(output: RequestOutput) -> pb.GenerateResponse:
                 top=[pb.TokenLogprob(token_id=t, logprob=p) for t, p in lp.top],
             )
         )
-    if output.finished:
+    if output.finished or output.finish_reason is not None:  # the request's or a sequence's end
         response.finished.CopyFrom(finished(output))
     return response
 
@@ -83,6 +92,8 @@ def finished(output: RequestOutput) -> pb.Finished:
         replica=output.served_by or "",
         prefill_replica=output.prefilled_by or "",
     )
+    if output.score is not None:
+        message.score = output.score
     if isinstance(output.stop_reason, str):
         message.stop_string = output.stop_reason
     elif isinstance(output.stop_reason, int):

@@ -121,16 +121,16 @@ class _Routes:
         builder = ResponseBuilder(
             request_id, self.backend.model_name, chat, self.backend.requests.tokenizer
         )
-        choices = [ChoiceState(i) for i in range(len(requests))]
+        choices = [ChoiceState(i) for i in range(len(requests) * body.n)]
         headers = {REQUEST_ID_HEADER: request_id}
         events = _Events(stream, first, deadline)
         if body.stream:
             chunks = self._stream(events, builder, choices, body)
             return StreamingResponse(chunks, media_type="text/event-stream", headers=headers)
         try:
-            async for index, output in events:
+            async for prompt, output in events:
                 _check_ended_well(output)
-                builder.add(choices[index], output)
+                builder.add(choices[prompt * body.n + output.index], output)
         except Exception as exc:
             return _error_response(http_error(exc, prompt_field), request_id)
         return JSONResponse(builder.response(choices, usage(choices, body.n)), headers=headers)
@@ -145,11 +145,11 @@ class _Routes:
         """The response's events. An error after the first chunk is one last event in
         OpenAI's error shape (the status is sent already), then the stream ends."""
         try:
-            async for index, output in events:
+            async for prompt, output in events:
                 _check_ended_well(output)
-                choice = choices[index]
+                choice = choices[prompt * body.n + output.index]
                 yield sse(builder.chunk(choice, output))
-                if output.finished:
+                if output.finish_reason is not None:
                     choice.final = output
             if body.include_usage:
                 yield sse(builder.usage_chunk(usage(choices, body.n)))
@@ -179,7 +179,8 @@ class _Routes:
     async def _validate(
         self, request_id: str, body: CompletionRequest | ChatCompletionRequest
     ) -> list[GenerationRequest]:
-        """One validated engine request per prompt and choice. Each prompt is tokenized once;
+        """One validated engine request per prompt, running its n choices. Each prompt is
+        tokenized once;
         a chat request without max_tokens gets all the room its prompt leaves."""
         builder = self.backend.requests
         salt = body.cache_salt
@@ -192,7 +193,7 @@ class _Routes:
                 raise InvalidRequestError(
                     "n", f"{len(prompts)} prompts x n={body.n} exceed {MAX_CHOICES} choices"
                 )
-        single = len(prompts) * body.n == 1
+        single = len(prompts) == 1
         requests = []
         for p, prompt in enumerate(prompts):
             if isinstance(prompt, str):
@@ -206,10 +207,9 @@ class _Routes:
                 logprobs = body.top_logprobs_or_none()
             else:
                 max_tokens, logprobs = body.max_tokens_or_default(), body.logprobs
-            for i in range(body.n):
-                choice_id = request_id if single else f"{request_id}-{p * body.n + i}"
-                params = body.sampling(max_tokens, logprobs, i)
-                requests.append(await self.intake.validate(choice_id, prompt, params, salt))
+            prompt_id = request_id if single else f"{request_id}-{p}"
+            params = body.sampling(max_tokens, logprobs)
+            requests.append(await self.intake.validate(prompt_id, prompt, params, salt))
         return requests
 
     async def _render(self, body: ChatCompletionRequest) -> str:

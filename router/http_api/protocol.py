@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from worker.errors import InvalidRequestError
 from worker.sampling_params import SamplingParams
 
-MAX_CHOICES = 64  # prompts x n, per request: each is an engine request of its own
+MAX_CHOICES = 64  # prompts x n, per request
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 _Int = Annotated[int, Field(strict=True)]
@@ -57,9 +57,9 @@ class _Body(BaseModel):
         if self.stream_options is not None and not self.stream:
             raise InvalidRequestError("stream_options", "is only allowed with stream: true")
 
-    def sampling(self, max_tokens: int, logprobs: int | None, choice: int) -> SamplingParams:
-        """The engine parameters of choice ``choice`` (0-based) of a prompt. Choices of a
-        seeded request get consecutive seeds: the same seed would give n equal answers."""
+    def sampling(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        """The engine parameters of each prompt: its ``n`` choices are one engine request of
+        ``n`` sequences sharing the prompt's KV (choice i seeded ``seed + i``)."""
         defaults = SamplingParams()
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(
@@ -68,11 +68,12 @@ class _Body(BaseModel):
             top_k=defaults.top_k if self.top_k is None else self.top_k,
             top_p=defaults.top_p if self.top_p is None else self.top_p,
             min_p=defaults.min_p if self.min_p is None else self.min_p,
-            seed=None if self.seed is None else self.seed + choice,
+            seed=self.seed,
             stop=stop,
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            n=self.n,
         )
 
     @property

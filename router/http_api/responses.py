@@ -53,7 +53,7 @@ class ResponseBuilder:
             body["text"] = output.text
             body["logprobs"] = logprobs
         choice.started = True
-        body["finish_reason"] = output.finish_reason if output.finished else None
+        body["finish_reason"] = output.finish_reason  # set on the choice's last delta only
         return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [body])
 
     def add(self, choice: ChoiceState, output: RequestOutput) -> None:
@@ -62,7 +62,7 @@ class ResponseBuilder:
         logprobs = self._logprobs(choice, output)
         if logprobs is not None:
             choice.logprobs.append(logprobs)
-        if output.finished:
+        if output.finish_reason is not None:
             choice.final = output
 
     def response(self, choices: list[ChoiceState], usage: dict[str, Any]) -> dict[str, Any]:
@@ -123,8 +123,8 @@ class ResponseBuilder:
 
 
 def usage(choices: list[ChoiceState], n: int) -> dict[str, Any]:
-    """Prompt tokens count once per prompt (its first choice's figures: the other n - 1 are
-    fan-out copies that mostly hit the prefix cache); completion tokens count every choice."""
+    """Prompt tokens count once per prompt (its first choice's figures: its n choices share
+    the prompt's KV); completion tokens count every choice."""
     finals = [c.final for c in choices if c.final is not None]
     firsts = [c.final for c in choices if c.final is not None and c.index % n == 0]
     prompt = sum(o.num_prompt_tokens for o in firsts)

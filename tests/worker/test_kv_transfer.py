@@ -167,6 +167,38 @@ def test_disaggregated_greedy_output_equals_colocated(new_engine: Factory, trans
     assert got == expected
 
 
+def test_beams_and_samples_pulled_from_a_prefill_equal_colocated(new_engine: Factory) -> None:
+    colocated = new_engine()
+    prefill, decode = new_engine(kv_transport="packed"), new_engine(kv_transport="packed")
+    prompt = PROMPTS["mid"]
+    groups = {
+        "beams": SamplingParams(max_tokens=8, temperature=0.0, beam_width=3, n=3, ignore_eos=True),
+        "samples": SamplingParams(max_tokens=8, temperature=0.8, seed=9, n=3, ignore_eos=True),
+    }
+
+    def by_index(outputs: list[RequestOutput]) -> dict[int, list[int]]:
+        tokens: dict[int, list[int]] = {}
+        for output in outputs:
+            tokens.setdefault(output.index, []).extend(output.token_ids)
+        return tokens
+
+    async def run() -> None:
+        for name, params in groups.items():
+            reference = colocated.requests.build(name, prompt, params, None)
+            expected = by_index(await _collect(colocated, reference))
+            handle = await _prefill(prefill, name, prompt)
+            request = dataclasses.replace(
+                decode.requests.build(name, prompt, params, None), kv_source=handle
+            )
+            outputs = await _collect(decode, request)
+            await prefill.call(functools.partial(_release, handle.request_id))
+            assert by_index(outputs) == expected, name
+            assert outputs[-1].finished and sorted(by_index(outputs)) == [0, 1, 2]
+        await _assert_whole(prefill, decode)
+
+    asyncio.run(run())
+
+
 def test_a_prompt_cached_on_the_decode_side_pulls_only_the_rest(new_engine: Factory) -> None:
     prefill, decode = new_engine(kv_transport="nixl"), new_engine(kv_transport="nixl")
     shared = PROMPTS["long"]

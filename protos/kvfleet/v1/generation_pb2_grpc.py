@@ -60,7 +60,9 @@ class GenerationServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Generate(self, request, context):
-        """Streams deltas of token ids and text; the last message carries `finished`.
+        """Streams deltas of token ids and text; the last message carries `finished`. A request of
+        several sequences (n > 1, or beam search) streams each under its `index`, and each
+        sequence's last message carries its own `finished`.
         Deadlines are honoured; cancelling the call aborts the request and frees its KV blocks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

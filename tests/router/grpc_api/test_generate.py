@@ -114,3 +114,48 @@ def test_full_queue_gives_resource_exhausted_and_spares_admitted_requests(
         stream.cancel()
     server.wait_until_idle()
     assert _greedy_32(client, "Room again")[-1].finished.usage.completion_tokens == 32
+
+
+def _by_index(responses: list[pb.GenerateResponse]) -> dict[int, list[pb.GenerateResponse]]:
+    streams: dict[int, list[pb.GenerateResponse]] = {}
+    for response in responses:
+        streams.setdefault(response.index, []).append(response)
+    return streams
+
+
+def test_n_samples_stream_by_index_and_equal_separately_seeded_requests(
+    client: GenerationClient, server: RunningServer
+) -> None:
+    prompt = "Three samples of one prompt"
+    sampling = {"max_tokens": 12, "temperature": 0.9, "ignore_eos": True}
+    streams = _by_index(_drain(client.generate(prompt, n=3, seed=5, **sampling)))
+    assert sorted(streams) == [0, 1, 2]
+    for index, responses in streams.items():
+        # Each sequence ends with its own finished message, after all of its tokens.
+        assert [r.HasField("finished") for r in responses][-1]
+        assert responses[-1].finished.usage.completion_tokens == 12
+        alone = _drain(client.generate(prompt, seed=5 + index, **sampling))
+        assert [t for r in responses for t in r.token_ids] == [
+            t for r in alone for t in r.token_ids
+        ]
+    server.wait_until_idle()
+
+
+def test_beam_search_returns_the_best_beams_with_their_scores(
+    client: GenerationClient, server: RunningServer
+) -> None:
+    responses = _drain(
+        client.generate(
+            "Beams over gRPC", beam_width=3, n=2, max_tokens=6, temperature=0.0, ignore_eos=True
+        )
+    )
+    streams = _by_index(responses)
+    assert sorted(streams) == [0, 1]
+    scores = [streams[i][-1].finished.score for i in (0, 1)]
+    assert scores[0] >= scores[1] and all(s < 0 for s in scores)
+    assert all(streams[i][-1].finished.reason == pb.FINISH_REASON_LENGTH for i in (0, 1))
+    with pytest.raises(grpc.RpcError) as refused:
+        _drain(client.generate("Beams", beam_width=3, temperature=0.5))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "temperature" in (refused.value.details() or "")
+    server.wait_until_idle()
