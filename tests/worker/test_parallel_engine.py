@@ -13,6 +13,7 @@ import ray
 import torch
 
 from tests.worker.engine_helpers import make_engine, run_all, tokens_of
+from tests.worker.groups_helpers import run_requests, sequences_of
 from tests.worker.test_pipelined_preemption import STALE_ORDERINGS, generate, workload
 from worker.engine import Engine
 from worker.errors import WorkerFailedError
@@ -79,6 +80,26 @@ def test_parallel_replica_matches_single_rank(
                 torch.tensor(got[rid][1]), torch.tensor(logprobs), atol=1e-4, rtol=0
             )
         engine.check_integrity()
+    finally:
+        engine.shutdown()
+
+
+def test_beams_and_samples_on_a_tp2_pp2_replica_match_single_rank(
+    local_ray: None, demo_model_dir: Path
+) -> None:
+    """Each rank makes the copy-on-write copies of its own shard; two batches in flight."""
+    requests: dict[str, tuple[list[int] | str, SamplingParams]] = {
+        "beams": (SHARED, SamplingParams(max_tokens=10, temperature=0.0, beam_width=3, n=2)),
+        "samples": (SHARED + "Go", SamplingParams(max_tokens=10, temperature=0.8, seed=4, n=3)),
+    }
+    expected = run_requests(make_engine(demo_model_dir), requests)
+    engine = make_engine(demo_model_dir, tensor_parallel_size=2, pipeline_parallel_size=2)
+    try:
+        got = run_requests(engine, requests)  # check_integrity after every step
+        for rid in requests:
+            assert [o.token_ids for o in sequences_of(got, rid)] == [
+                o.token_ids for o in sequences_of(expected, rid)
+            ], rid
     finally:
         engine.shutdown()
 
