@@ -40,7 +40,6 @@ class SequenceGroup:
         self.leader = leader
         self.user_params = user_params
         self.members: dict[str, Request] = {leader.request_id: leader}
-        self.finished_count = 0
         self._next_id = 1
 
     def new_id(self) -> str:
@@ -190,7 +189,7 @@ class SequenceGroups:
             self._finish(group, group.members[sequence_id], RequestStatus.FINISHED_ABORTED)
         for sequence, token_id in extend:
             sequence.append_output_token(token_id)
-        group.leader.pending_forks = 0
+        group.leader.pending_forks = 0  # the first step's forks are made: the seats are taken
         beams.live = next_live
         return []
 
