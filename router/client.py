@@ -73,6 +73,7 @@ class GenerationClient:
         cache_salt: str = "",
         model: str = "",
         timeout: float | None = None,
+        priority: int | None = None,
         **sampling: Unpack[Sampling],
     ) -> GenerateStream:
         request = pb.GenerateRequest(
@@ -80,6 +81,7 @@ class GenerationClient:
             sampling=pb.SamplingParameters(**sampling),
             cache_salt=cache_salt,
             request_id=request_id,
+            priority=priority,
         )
         if isinstance(prompt, str):
             request.text = prompt

@@ -53,7 +53,7 @@ async def open_front_doors(
     port), both over TLS when ``tls`` is given and requiring a token with ``auth``. If the
     HTTP server cannot start, the gRPC one is stopped again before the error is raised. Call
     on the event loop that will serve both."""
-    intake = Intake(backend)
+    intake = Intake(backend, auth)
     server = await grpc_api.serve(intake, host, grpc_port, tls, auth)
     http = None
     if http_port is not None:

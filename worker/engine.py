@@ -185,6 +185,7 @@ class Engine:
             request.params,
             self.config.block_size,
             request.cache_salt,
+            priority=request.priority,
         )
         self._states[request.request_id] = self._output_state(queued)
         if several:

@@ -27,6 +27,7 @@ class GenerationRequest:
     cache_salt: str | None = None
     kv_lease_s: float | None = None
     kv_source: KVHandle | None = None
+    priority: int = 0  # lower runs first: admitted before, and preempted after, higher values
 
 
 @dataclass(frozen=True, slots=True)

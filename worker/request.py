@@ -45,8 +45,10 @@ class Request:
         block_size: int,
         cache_salt: str | None = None,
         arrival_time: float | None = None,
+        priority: int = 0,
     ) -> None:
         self.request_id = request_id
+        self.priority = priority  # lower runs first (admitted first, preempted last)
         self.prompt_token_ids = prompt_token_ids
         self.params = params
         self.cache_salt = cache_salt
@@ -108,6 +110,7 @@ class Request:
             self._block_size,
             self.cache_salt,
             self.arrival_time,
+            self.priority,
         )
         child.all_token_ids = self.all_token_ids[:num_tokens]
         child.block_hashes = self.block_hashes[: num_tokens // self._block_size]

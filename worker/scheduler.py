@@ -74,9 +74,10 @@ class SchedulerOutput:
 class Scheduler:
     """One mixed batch per step under a token budget. Running requests first, in arrival order,
     each asking for the rest of its tokens (one for a decode, a chunk for a prefill); then waiting
-    requests FCFS while budget, sequence slots and blocks allow. When blocks run out the most
-    recently admitted running request is preempted: its blocks are freed and it is recomputed
-    later, mostly from the prefix cache."""
+    requests by priority (lower ``Request.priority`` first), FCFS among equals, while budget,
+    sequence slots and blocks allow. When blocks run out the least important running request,
+    the most recently admitted among equals, is preempted: its blocks are freed and it is
+    recomputed later, mostly from the prefix cache."""
 
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
         self.config = config
@@ -133,7 +134,7 @@ class Scheduler:
                 index += 1
                 continue
             while not self.kv.allocate_slots(request, num_new):
-                victims = self._group_of(self.running[-1])
+                victims = self._group_of(self._victim())
                 # A victim's sibling may be in this batch already: take it out again, so that
                 # the step writes nothing into the blocks freed now.
                 index -= sum(1 for r in self.running[:index] if r in victims)
@@ -151,14 +152,15 @@ class Scheduler:
 
         # A step that had to preempt admits nobody: the pool is already short.
         while not out.preempted and self.waiting and budget > 0:
-            request = self.waiting[0]
+            position = self._next_waiting()
+            request = self.waiting[position]
             seats = 1 + request.pending_forks
             if self.num_seats + seats > self.config.max_num_seqs or len(out.scheduled) >= seq_cap:
                 break
             admitted = self.kv.admit(request, budget)
             if admitted is None:
                 break
-            self.waiting.popleft()
+            del self.waiting[position]
             if request.num_cached_tokens < 0:
                 request.num_cached_tokens = request.num_computed_tokens
             if request.first_scheduled_time is None:
@@ -200,6 +202,18 @@ class Scheduler:
         if samples and self.config.run_ahead and request.group_id is None:
             request.num_pending_samples += 1
         return ScheduledRequest(request, start, num_new, samples, request.num_preemptions)
+
+    def _next_waiting(self) -> int:
+        """The position in ``waiting`` of the request to admit next: the most important
+        (lowest ``priority``), the first in the queue among equals (preempted requests are at
+        its front)."""
+        best = min(enumerate(self.waiting), key=lambda entry: (entry[1].priority, entry[0]))
+        return best[0]
+
+    def _victim(self) -> Request:
+        """The running request to preempt next: the least important (highest ``priority``),
+        the most recently admitted among equals."""
+        return max(enumerate(self.running), key=lambda entry: (entry[1].priority, entry[0]))[1]
 
     def _group_of(self, request: Request) -> list[Request]:
         """The running sequences preempted with ``request``: its whole group, if it has one."""

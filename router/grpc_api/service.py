@@ -10,6 +10,7 @@ import grpc
 
 from protos.kvfleet.v1 import generation_pb2 as pb
 from protos.kvfleet.v1 import generation_pb2_grpc as pb_grpc
+from router.auth import Client
 from router.backend import Backend
 from router.grpc_api.convert import generate_response, prompt_of, request_id_of, sampling_params
 from router.grpc_api.status import abort_with
@@ -38,9 +39,10 @@ class GenerationService(pb_grpc.GenerationServicer):
         # fire inside gRPC's own write).
         deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
         try:
+            client = self.intake.client_of(dict(context.invocation_metadata()).get("authorization"))
             async with asyncio.timeout_at(deadline):
-                validated = await self._validate(request)
-            stream = self.intake.generate(validated)  # refuses at once when not healthy
+                validated = await self._validate(request, client)
+            stream = self.intake.generate(validated, client)  # refuses when not healthy
             async with aclosing(stream):
                 while True:
                     async with asyncio.timeout_at(deadline):
@@ -80,8 +82,13 @@ class GenerationService(pb_grpc.GenerationServicer):
         )
         return pb.ListModelsResponse(models=[model])
 
-    async def _validate(self, request: pb.GenerateRequest) -> GenerationRequest:
+    async def _validate(
+        self, request: pb.GenerateRequest, client: Client | None
+    ) -> GenerationRequest:
         self.intake.check_model(request.model)
         prompt, params = prompt_of(request), sampling_params(request.sampling)
         cache_salt = request.cache_salt or None
-        return await self.intake.validate(request_id_of(request), prompt, params, cache_salt)
+        priority = request.priority if request.HasField("priority") else None
+        return await self.intake.validate(
+            request_id_of(request), prompt, params, cache_salt, priority, client
+        )

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from router.auth import OPEN_HTTP_PATHS, TokenAuth
+from router.auth import OPEN_HTTP_PATHS, Client, TokenAuth
 from router.http_api.chat_template import ChatTemplate
 from router.http_api.errors import HTTPError, HTTPErrorRaised, http_error
 from router.http_api.protocol import MAX_CHOICES, ChatCompletionRequest, CompletionRequest
@@ -110,8 +110,9 @@ class _Routes:
         try:
             async with asyncio.timeout_at(deadline):
                 body = await self._parse(request, chat)
-                requests = await self._validate(request_id, body)
-                stream = _merge([self.intake.generate(r) for r in requests])
+                client = self.intake.client_of(request.headers.get("authorization"))
+                requests = await self._validate(request_id, body, client)
+                stream = _merge([self.intake.generate(r, client) for r in requests])
                 first = await anext(stream, None)
         except TimeoutError:
             return _error_response(http_error(_deadline()), request_id)
@@ -177,7 +178,10 @@ class _Routes:
         return body
 
     async def _validate(
-        self, request_id: str, body: CompletionRequest | ChatCompletionRequest
+        self,
+        request_id: str,
+        body: CompletionRequest | ChatCompletionRequest,
+        client: Client | None,
     ) -> list[GenerationRequest]:
         """One validated engine request per prompt, running its n choices. Each prompt is
         tokenized once;
@@ -209,7 +213,9 @@ class _Routes:
                 max_tokens, logprobs = body.max_tokens_or_default(), body.logprobs
             prompt_id = request_id if single else f"{request_id}-{p}"
             params = body.sampling(max_tokens, logprobs)
-            requests.append(await self.intake.validate(prompt_id, prompt, params, salt))
+            requests.append(
+                await self.intake.validate(prompt_id, prompt, params, salt, body.priority, client)
+            )
         return requests
 
     async def _render(self, body: ChatCompletionRequest) -> str:

@@ -44,6 +44,7 @@ class _Body(BaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     cache_salt: str | None = None
+    priority: _Int | None = None  # vLLM's extension: lower runs first
     user: str | None = None
     # Defined by OpenAI, not implemented: neutral values only.
     presence_penalty: float | None = None
