@@ -95,6 +95,7 @@ class EngineSettings(_Section):
     max_beam_width: PositiveInt = _default(EngineConfig, "max_beam_width")
     seed: int = _default(EngineConfig, "seed")
     step_timeout_s: PositiveFloat = _default(EngineConfig, "step_timeout_s")
+    max_queue_wait_s: PositiveFloat | None = _default(EngineConfig, "max_queue_wait_s")
     enforce_eager: bool = _default(EngineConfig, "enforce_eager")
     torch_compile: bool | None = _default(EngineConfig, "torch_compile")
     async_scheduling: bool | None = _default(EngineConfig, "async_scheduling")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
@@ -77,14 +78,18 @@ class Intake:
         cache_salt: str | None,
         priority: int | None = None,
         client: Client | None = None,
+        timeout_s: float | None = None,
     ) -> GenerationRequest:
         """A request the backend can run. ``priority`` None takes the client's default; a
-        client may ask to be less important than its default, never more."""
+        client may ask to be less important than its default, never more. With
+        ``timeout_s``, the replica refuses the request at once if its queue would keep it
+        past that."""
         builder = self.backend.requests
         builder.check_sizes(request_id, prompt, cache_salt)
         chosen = _priority(priority, client)
         request = await self.run(builder.build, request_id, prompt, params, cache_salt)
-        return request if chosen == 0 else dataclasses.replace(request, priority=chosen)
+        deadline = None if timeout_s is None else time.time() + timeout_s
+        return dataclasses.replace(request, priority=chosen, deadline=deadline)
 
     async def encode(self, text: str) -> list[int]:
         builder = self.backend.requests

@@ -132,6 +132,8 @@ class AsyncEngine:
             while not finished:
                 output = await stream.queue.get()
                 finished = output.finished
+                if output.failure is not None:  # refused by the engine (overloaded, say)
+                    raise output.failure
                 if output.error is not None:
                     raise EngineDeadError(output.error)
                 yield dataclasses.replace(output, request_id=request_id)

@@ -50,6 +50,9 @@ class EngineConfig:
     (a Kubernetes deployment names each pool's pods that way).
     A request runs at most ``max_n`` sequences sampled from one prompt, or a beam search of at
     most ``max_beam_width`` beams (each also capped by ``max_num_seqs``).
+    A request is refused (OverloadedError) when the prompt tokens queued ahead of it, at the
+    measured prefill rate, would keep it waiting more than ``max_queue_wait_s`` (None: never),
+    or past its own deadline.
     ``kv_transport`` opens KV transfer with other replicas (disaggregated prefill and decode,
     worker/kv_transfer): "nixl", "packed" (the blocks travel inside the handle) or "auto"
     (NIXL where it is installed); None, the default, opens none. A pull that has not finished
@@ -78,6 +81,7 @@ class EngineConfig:
     layer_split: tuple[int, ...] | None = None
     placement: str = "pack"
     step_timeout_s: float = 60.0
+    max_queue_wait_s: float | None = 60.0
     enforce_eager: bool = False
     torch_compile: bool | None = None
     cuda_graph_max_batch: int = 128
@@ -142,6 +146,8 @@ class EngineConfig:
             )
         if not self.step_timeout_s > 0:
             raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
+        if self.max_queue_wait_s is not None and not self.max_queue_wait_s > 0:
+            raise ValueError(f"max_queue_wait_s must be > 0, got {self.max_queue_wait_s}")
         if self.kv_transport is not None and self.kv_transport not in TRANSPORTS:
             raise ValueError(
                 f"kv_transport must be one of {', '.join(TRANSPORTS)}, got {self.kv_transport!r}"

@@ -16,6 +16,7 @@ from worker.errors import (
     DuplicateRequestError,
     InvalidRequestError,
     ModelLoadError,
+    OverloadedError,
     WorkerFailedError,
 )
 from worker.executor import Executor, LocalExecutor, OverlappingExecutor
@@ -187,6 +188,12 @@ class Engine:
             request.cache_salt,
             priority=request.priority,
         )
+        if request.kv_source is not None:
+            queued.expected_prefill_tokens = 1  # the rest is pulled, not computed
+        else:
+            hits = len(self.kv.get_computed_blocks(queued)) * self.config.block_size
+            queued.expected_prefill_tokens = queued.num_tokens - hits
+        self._check_wait(queued, request.deadline)
         self._states[request.request_id] = self._output_state(queued)
         if several:
             self.groups.add(queued, request.params)
@@ -196,6 +203,29 @@ class Engine:
             self.imports.add(queued, request.kv_source)
         else:
             self.scheduler.add(queued)
+
+    def _check_wait(self, request: Request, deadline: float | None) -> None:
+        """Refuse a request that would wait too long: the prompt tokens ahead of it and its
+        own, at the measured prefill rate (nothing is refused before a rate is measured)."""
+        rate = self.prefill_rate.tokens_per_s
+        limit = self.config.max_queue_wait_s
+        if rate <= 0 or (limit is None and deadline is None):
+            return
+        scheduler = self.scheduler
+        ahead = sum(r.expected_prefill_tokens for r in scheduler.waiting) + sum(
+            max(0, r.num_prompt_tokens - r.num_computed_tokens) for r in scheduler.running
+        )
+        wait = (ahead + request.expected_prefill_tokens) / rate
+        if limit is not None and wait > limit:
+            raise OverloadedError(
+                f"the replica's queue would keep this request about {wait:.1f} s before its "
+                f"first token, more than {limit:g} s"
+            )
+        if deadline is not None and time.time() + wait > deadline:
+            raise OverloadedError(
+                f"the replica's queue would keep this request about {wait:.1f} s, past its "
+                f"deadline in {max(0.0, deadline - time.time()):.1f} s"
+            )
 
     def _output_state(self, request: Request) -> OutputState:
         return OutputState(request, self.tokenizer, self._eos_ids, self.max_model_len)

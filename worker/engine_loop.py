@@ -79,14 +79,17 @@ def apply(engine: Engine, command: Command, sink: Sink) -> None:
         try:
             engine.add_request(command.request)
         except KVFleetError as exc:
-            sink.outputs([error_output(command.request.request_id, str(exc))])
+            sink.outputs([error_output(command.request.request_id, str(exc), exc)])
     else:
         final = engine.abort(command.engine_id)
         if final is not None:
             sink.outputs([final])
 
 
-def error_output(request_id: str, message: str) -> RequestOutput:
+def error_output(
+    request_id: str, message: str, failure: KVFleetError | None = None
+) -> RequestOutput:
     return RequestOutput(
-        request_id, [], "", None, finished=True, finish_reason="error", error=message
-    )
+        request_id, [], "", None, finished=True, finish_reason="error", error=message,
+        failure=failure,
+    )  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from worker.errors import KVFleetError
 from worker.kv_transfer import KVHandle
 from worker.sampling_params import SamplingParams
 
@@ -28,6 +29,7 @@ class GenerationRequest:
     kv_lease_s: float | None = None
     kv_source: KVHandle | None = None
     priority: int = 0  # lower runs first: admitted before, and preempted after, higher values
+    deadline: float | None = None  # time.time() by which it must finish; refused if it cannot
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +68,4 @@ class RequestOutput:
     # request's very last output has ``finished``. A beam's length-penalized ``score``.
     index: int = 0
     score: float | None = None
+    failure: KVFleetError | None = None  # why the engine refused it (finish_reason "error")

@@ -69,6 +69,8 @@ class Request:
         # request id, and the sequences it will still fork (seats the scheduler keeps for them).
         self.group_id: str | None = None
         self.pending_forks = 0
+        # The prompt tokens it will compute when admitted, as the prefix cache held at arrival.
+        self.expected_prefill_tokens = len(prompt_token_ids)
         self._block_size = block_size
         self._extra_keys = extra_keys_for(cache_salt)
         self.block_hashes: list[BlockHash] = []

@@ -41,7 +41,7 @@ class GenerationService(pb_grpc.GenerationServicer):
         try:
             client = self.intake.client_of(dict(context.invocation_metadata()).get("authorization"))
             async with asyncio.timeout_at(deadline):
-                validated = await self._validate(request, client)
+                validated = await self._validate(request, client, remaining)
             stream = self.intake.generate(validated, client)  # refuses when not healthy
             async with aclosing(stream):
                 while True:
@@ -83,12 +83,12 @@ class GenerationService(pb_grpc.GenerationServicer):
         return pb.ListModelsResponse(models=[model])
 
     async def _validate(
-        self, request: pb.GenerateRequest, client: Client | None
+        self, request: pb.GenerateRequest, client: Client | None, timeout_s: float | None
     ) -> GenerationRequest:
         self.intake.check_model(request.model)
         prompt, params = prompt_of(request), sampling_params(request.sampling)
         cache_salt = request.cache_salt or None
         priority = request.priority if request.HasField("priority") else None
         return await self.intake.validate(
-            request_id_of(request), prompt, params, cache_salt, priority, client
+            request_id_of(request), prompt, params, cache_salt, priority, client, timeout_s
         )

@@ -213,8 +213,11 @@ class _Routes:
                 max_tokens, logprobs = body.max_tokens_or_default(), body.logprobs
             prompt_id = request_id if single else f"{request_id}-{p}"
             params = body.sampling(max_tokens, logprobs)
+            timeout = self.config.request_timeout_s
             requests.append(
-                await self.intake.validate(prompt_id, prompt, params, salt, body.priority, client)
+                await self.intake.validate(
+                    prompt_id, prompt, params, salt, body.priority, client, timeout
+                )
             )
         return requests
 
