@@ -10,10 +10,14 @@ touches the policy. The prompt travels as the request's first argument, already 
     choose_replicas        -> ... and policy.record it at once
     on_request_routed      -> if Serve used another replica, move the record there
     on_request_completed   -> policy.release: its prefill no longer counts as queued
+    replica_failed         -> (from the front door, any thread) a request's replica died:
+                              out of the policy and of every choice at once, until Serve's
+                              own replica list drops it too
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import time
@@ -48,6 +52,7 @@ class RoutingCounts:
     load: int = 0  # no replica caches any of it: sent by load alone
     overloaded: int = 0  # every replica past its cap: queued on the least loaded
     rerouted: int = 0  # Serve sent it elsewhere than the policy's pick
+    replicas_lost: int = 0  # replicas dropped because a request's call on them failed
     predicted_cached_tokens: int = 0
 
 
@@ -65,6 +70,9 @@ class PrefixAwareRequestRouter(RequestRouter):
             keys = StreamKeys(kwargs["namespace"])
             self.subscriber = KVEventSubscriber(redis_url, keys, self.policy)
         self._unrouted: OrderedDict[str, RoutingDecision] = OrderedDict()
+        self._replica_of: OrderedDict[str, str] = OrderedDict()  # request id: replica id
+        self._dead: set[str] = set()  # died, by the front door's word; Serve not told yet
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stats_seen: dict[str, int] = {}
         self.counts = RoutingCounts()
         live_routers.LIVE[live_routers.key(kwargs["namespace"], kwargs["deployment"])] = self
@@ -72,6 +80,8 @@ class PrefixAwareRequestRouter(RequestRouter):
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
         current = {r.replica_id.unique_id for r in replicas}
+        self._dead &= current  # Serve has dropped the others itself
+        current -= self._dead
         known = set(self.policy.replica_ids)
         for replica_id in current - known:
             self.policy.add_replica(replica_id)
@@ -90,6 +100,10 @@ class PrefixAwareRequestRouter(RequestRouter):
         candidate_replicas: list[RunningReplica],
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
+        self._loop = asyncio.get_running_loop()
+        if self._dead:
+            alive = [r for r in candidate_replicas if r.replica_id.unique_id not in self._dead]
+            candidate_replicas = alive or candidate_replicas
         now = time.monotonic()
         self._fold_load_reports(candidate_replicas, now)
         if pending_request is None or not pending_request.args:
@@ -118,6 +132,7 @@ class PrefixAwareRequestRouter(RequestRouter):
         request_id = pending_request.metadata.internal_request_id
         self.policy.record(decision, request_id, now=now)
         self._unrouted[request_id] = decision
+        self._note_replica(request.request_id, decision.replica_id)
         while len(self._unrouted) > _MAX_UNROUTED:
             self._unrouted.popitem(last=False)
         first = by_id.get(decision.replica_id)
@@ -130,6 +145,9 @@ class PrefixAwareRequestRouter(RequestRouter):
         request_id = pending_request.metadata.internal_request_id
         decision = self._unrouted.pop(request_id, None)
         actual = replica_id.unique_id
+        request = pending_request.args[0] if pending_request.args else None
+        if isinstance(request, GenerationRequest):
+            self._note_replica(request.request_id, actual)
         if decision is None or actual == decision.replica_id:
             return
         # Serve fell back to a lower rank: move the dispatch to where it went.
@@ -142,6 +160,31 @@ class PrefixAwareRequestRouter(RequestRouter):
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         self.policy.release(replica_id.unique_id, internal_request_id)
+
+    def replica_failed(self, request_id: str) -> None:
+        """The replica serving ``request_id`` died (its call failed): stop routing to it now
+        rather than when Serve's health checks notice. Safe from any thread."""
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._drop_replica_of, request_id)
+
+    def _drop_replica_of(self, request_id: str) -> None:
+        replica_id = self._replica_of.pop(request_id, None)
+        if replica_id is None or replica_id in self._dead:
+            return
+        self._dead.add(replica_id)
+        self.counts.replicas_lost += 1
+        if replica_id in self.policy.replica_ids:
+            if self.subscriber is not None:
+                self.subscriber.unwatch(replica_id)
+            self.policy.remove_replica(replica_id)
+            self._stats_seen.pop(replica_id, None)
+
+    def _note_replica(self, request_id: str, replica_id: str) -> None:
+        self._replica_of[request_id] = replica_id
+        self._replica_of.move_to_end(request_id)
+        while len(self._replica_of) > _MAX_UNROUTED:
+            self._replica_of.popitem(last=False)
 
     def _fold_load_reports(self, replicas: list[RunningReplica], now: float) -> None:
         for replica in replicas:

@@ -40,6 +40,11 @@ class RouterCollector(Collector):
             decisions.add_metric([reason], getattr(counts, reason))
         yield decisions
         yield CounterMetricFamily(
+            "kvfleet_router_replicas_lost",
+            "Replicas dropped from routing because a request's call on them failed.",
+            value=counts.replicas_lost,
+        )
+        yield CounterMetricFamily(
             "kvfleet_predicted_cached_tokens",
             "Prompt tokens the policy expected the chosen replica to hold.",
             value=counts.predicted_cached_tokens,

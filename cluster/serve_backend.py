@@ -19,8 +19,10 @@ from ray import serve
 from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from cluster import live_routers
 from cluster.router_metrics import RouterCollector
 from router.backend import Backend
+from router.failover import with_failover
 from worker.errors import (
     DuplicateRequestError,
     KVFleetError,
@@ -75,7 +77,21 @@ class ServeBackend(Backend):
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
 
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[RequestOutput, None]:
+        """The request's stream; if its replica dies, it carries on on another one
+        (router/failover.py)."""
+        return with_failover(
+            self._generate_once, request, self.requests.tokenizer, on_failure=self._replica_lost
+        )
+
+    def _replica_lost(self, request: GenerationRequest) -> None:
+        router = live_routers.LIVE.get(live_routers.key(self.app_name, self.handle.deployment_name))
+        if router is not None:
+            router.replica_failed(request.request_id)
+
+    async def _generate_once(
+        self, request: GenerationRequest
+    ) -> AsyncGenerator[RequestOutput, None]:
         if not self.healthy():
             raise NoReplicaError(f"no replica of {self.app_name!r} is running")
         if request.request_id in self._running:
