@@ -176,6 +176,12 @@ class EngineReplica:
             signals.TTFT_P90_S: -1.0 if ttft is None else ttft,
         }
 
+    def abort(self, pinned: Pinned, request_id: str) -> bool:
+        """Abort ``request_id`` if this replica runs it: an Abort that reached a front door
+        other than the one streaming the request. Its stream there ends with reason abort."""
+        assert pinned.replica_id == self.replica_id, "routed to the wrong replica"
+        return self.engine.abort(request_id)
+
     async def kv_state(self, pinned: Pinned) -> KVState:
         """Checks the block pool's invariants, then says what it holds."""
         assert pinned.replica_id == self.replica_id, "routed to the wrong replica"

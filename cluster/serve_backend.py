@@ -20,6 +20,7 @@ from ray.serve.exceptions import RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from cluster import live_routers
+from cluster.replica import Pinned, replica_ids
 from cluster.router_metrics import RouterCollector
 from router.backend import Backend
 from router.failover import with_failover
@@ -58,6 +59,7 @@ class ServeBackend(Backend):
         status_period_s: float = 1.0,
     ) -> None:
         self.handle = handle.options(stream=True)
+        self._calls = handle  # unary calls: aborts on every replica
         self.requests = requests
         self.model_name = model_name
         self.app_name = app_name
@@ -122,12 +124,24 @@ class ServeBackend(Backend):
                 call.response.cancel()
 
     async def abort(self, request_id: str) -> bool:
+        """Abort a request streamed through this front door, or else one streamed through
+        another: every replica is asked, and the one running it ends it."""
         call = self._running.get(request_id)
         if call is None:
-            return False
+            return await self._abort_elsewhere(request_id)
         call.aborted = True
         call.response.cancel()
         return True
+
+    async def _abort_elsewhere(self, request_id: str) -> bool:
+        deployment = self.handle.deployment_name
+        replicas = await asyncio.to_thread(replica_ids, self.app_name, deployment)
+        calls = [self._calls.abort.remote(Pinned(r), request_id) for r in replicas]
+        found = await asyncio.gather(*calls, return_exceptions=True)
+        for replica, result in zip(replicas, found, strict=True):
+            if isinstance(result, BaseException):  # a replica going away, say
+                _log.warning("abort of %s on replica %s failed: %s", request_id, replica, result)
+        return any(result is True for result in found)
 
     def healthy(self) -> bool:
         return self.num_running_replicas > 0

@@ -70,7 +70,8 @@ class GenerationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Abort(self, request, context):
-        """Aborts a running request by id; its stream ends with reason ABORT.
+        """Aborts a running request by id, whichever router streams it; its stream ends with
+        reason ABORT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
