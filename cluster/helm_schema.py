@@ -125,6 +125,13 @@ def values_schema() -> dict[str, Any]:
                 "metrics": _object(
                     {"serviceMonitor": _object({"enabled": _BOOL, "interval": _STR})}
                 ),
+                "networkPolicy": _object(
+                    {
+                        "enabled": _BOOL,
+                        "rayIngressFrom": {"type": "array", "items": _MAP},
+                        "routerIngressFrom": {"type": "array", "items": _MAP},
+                    }
+                ),
                 "extraEnv": _LIST,
                 "extraVolumes": _LIST,
                 "extraVolumeMounts": _LIST,

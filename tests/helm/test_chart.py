@@ -188,6 +188,30 @@ def test_the_router_probes_and_service_use_its_ports(helm: Path, scenario: str) 
     assert ("http" in ports) == bool(config.router.http_port)
 
 
+def test_network_policies_let_only_the_release_reach_its_replicas(helm: Path) -> None:
+    assert not _by_kind(_objects(_render(helm, "default")), "NetworkPolicy")  # off by default
+    objects = _objects(_render(helm, "network-policy"))
+    policies = {o["metadata"]["name"]: o["spec"] for o in _by_kind(objects, "NetworkPolicy")}
+    release = {"app.kubernetes.io/name": "kvfleet", "app.kubernetes.io/instance": RELEASE}
+    ray = policies[f"{RELEASE}-kvfleet-ray"]
+    [rule] = ray["ingress"]
+    assert rule["from"][0] == {"podSelector": {"matchLabels": release}}
+    assert rule["from"][1]["namespaceSelector"]  # the operator, as the values name it
+    # Every Ray pod, and no router or Redis pod, is selected.
+    selected = ray["podSelector"]["matchExpressions"]
+    assert {"key": "app.kubernetes.io/component", "operator": "NotIn",
+            "values": ["router", "redis"]} in selected  # fmt: skip
+    for pod in pod_templates(_by_kind(objects, "RayService")[0]):
+        labels = pod["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/component"].startswith("ray-")
+    router = policies[f"{RELEASE}-kvfleet-router"]
+    assert {p["port"] for p in router["ingress"][0]["ports"]} == {50051, 8000}
+    assert policies[f"{RELEASE}-kvfleet-redis"]["ingress"][0]["ports"] == [
+        {"protocol": "TCP", "port": 6379}
+    ]
+
+
 SECRET = "s3cr3t-value-never-rendered"
 
 
