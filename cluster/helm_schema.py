@@ -15,25 +15,27 @@ CHART = Path(__file__).resolve().parent.parent / "deploy" / "helm" / "kvfleet"
 SCHEMA_FILE = CHART / "values.schema.json"
 
 
-def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+def _object(properties: dict[str, Any], required: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """An object of exactly these properties, all required unless ``required`` says which:
+    values.yaml sets every one, so only a key set to null (which Helm deletes) is missing,
+    and the templates read them all."""
     schema: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "properties": properties,
     }
-    if required:
-        schema["required"] = list(required)
+    schema["required"] = list(properties if required is None else required)
     return schema
 
 
 _STR = {"type": "string"}
 _BOOL = {"type": "boolean"}
 _MAP = {"type": "object"}  # Kubernetes fields given as they are (nodeSelector, affinity...)
-_LIST = {"type": "array"}
+_OBJECTS = {"type": "array", "items": {"type": "object"}}  # Kubernetes objects, given as-is
 _QUANTITY = {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?([EPTGMK]i?|[mun])?$"}
 _POSITIVE = {"type": "integer", "minimum": 1}
 
-_PLACEMENT = {"nodeSelector": _MAP, "tolerations": _LIST, "affinity": _MAP}
+_PLACEMENT = {"nodeSelector": _MAP, "tolerations": _OBJECTS, "affinity": _MAP}
 
 _POOL = _object(
     {
@@ -132,12 +134,11 @@ def values_schema() -> dict[str, Any]:
                         "routerIngressFrom": {"type": "array", "items": _MAP},
                     }
                 ),
-                "extraEnv": _LIST,
-                "extraVolumes": _LIST,
-                "extraVolumeMounts": _LIST,
-                "extraObjects": _LIST,
+                "extraEnv": _OBJECTS,
+                "extraVolumes": _OBJECTS,
+                "extraVolumeMounts": _OBJECTS,
+                "extraObjects": _OBJECTS,
             },
-            required=("image", "cluster", "ray", "pools", "router", "redis"),
         ),
         "$defs": defs,
     }
