@@ -110,6 +110,7 @@ def values_schema() -> dict[str, Any]:
                         "externalUrl": {"type": "string", "pattern": r"^(rediss?://[^@]*)?$"},
                         "existingSecret": _STR,
                         "passwordKey": {**_STR, "minLength": 1},
+                        "tls": _object({"existingSecret": _STR, "clientCertificate": _BOOL}),
                     }
                 ),
                 "modelCache": _object(

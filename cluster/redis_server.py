@@ -7,8 +7,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
@@ -26,11 +28,18 @@ class RedisServer:
     """
 
     def __init__(
-        self, port: int | None = None, binary: str = "redis-server", parent_dir: Path | None = None
+        self,
+        port: int | None = None,
+        binary: str = "redis-server",
+        parent_dir: Path | None = None,
+        password: str | None = None,
+        tls: RedisTLS | None = None,
     ) -> None:
         self.port = port or _free_port()
         self.binary = binary
         self.parent_dir = parent_dir  # where its directory goes (default: the system's temp)
+        self.password = password
+        self.tls = tls
         self._process: subprocess.Popen[bytes] | None = None
         self._dir: Path | None = None
 
@@ -41,7 +50,8 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """The clients' URL: rediss:// with TLS; never the password."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> None:
         """Start the server and return once it answers."""
@@ -54,14 +64,22 @@ class RedisServer:
             )
         self._dir = Path(tempfile.mkdtemp(prefix="kvfleet-redis-", dir=self.parent_dir))
         log = self._dir / "redis.log"
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-        args += ["no", "--dir", str(self._dir)]
+        args = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self._dir)]
+        args += ["--port", str(self.port)] if self.tls is None else self.tls.server_args(self.port)
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         with log.open("wb") as output:  # not our stdout: the server must not hold our pipes open
             self._process = subprocess.Popen(
                 [binary, *args], stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout_s
-        client = redis.Redis(port=self.port, socket_timeout=1.0, socket_connect_timeout=1.0)
+        client = redis.Redis(
+            port=self.port,
+            password=self.password,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            **(self.tls.client_args() if self.tls is not None else {}),
+        )
         try:
             while _server_pid(client) != self._process.pid:  # not another server's answer
                 if self._process.poll() is not None or time.monotonic() > deadline:
@@ -105,6 +123,35 @@ class RedisServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class RedisTLS:
+    """The server's certificate and key, and the CA its clients' certificates must chain to
+    when ``require_client_certs`` (mutual TLS); the plain port is closed."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
+    require_client_certs: bool = False
+    client_cert_file: Path | None = None  # what start() itself connects with (mutual TLS)
+    client_key_file: Path | None = None
+
+    def server_args(self, port: int) -> list[str]:
+        return [
+            "--port", "0", "--tls-port", str(port),
+            "--tls-cert-file", str(self.cert_file), "--tls-key-file", str(self.key_file),
+            "--tls-ca-cert-file", str(self.ca_file),
+            "--tls-auth-clients", "yes" if self.require_client_certs else "no",
+        ]  # fmt: skip
+
+    def client_args(self) -> dict[str, Any]:
+        return {
+            "ssl": True,
+            "ssl_ca_certs": str(self.ca_file),
+            "ssl_certfile": None if self.client_cert_file is None else str(self.client_cert_file),
+            "ssl_keyfile": None if self.client_key_file is None else str(self.client_key_file),
+        }
 
 
 def _server_pid(client: redis.Redis) -> int | None:

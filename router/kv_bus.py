@@ -56,6 +56,11 @@ class StreamKeys:
 
 
 REDIS_PASSWORD_ENV = "KVFLEET_REDIS_PASSWORD"
+# TLS (a rediss:// URL): the CA that signed the server's certificate (default: the system's),
+# and for mutual TLS this process's certificate and key; files, as a Secret mounts them.
+REDIS_TLS_CA_ENV = "KVFLEET_REDIS_TLS_CA_FILE"
+REDIS_TLS_CERT_ENV = "KVFLEET_REDIS_TLS_CERT_FILE"
+REDIS_TLS_KEY_ENV = "KVFLEET_REDIS_TLS_KEY_FILE"
 
 
 def redis_client(url: str, timeout_s: float = 1.0) -> Redis:
@@ -64,7 +69,17 @@ def redis_client(url: str, timeout_s: float = 1.0) -> Redis:
     has lost the streams and snapshots, which the caller must then rewrite or re-read. (An idle
     connection the server closed is still reopened silently, so a publisher also checks that
     its keys still exist.) The password, when the URL carries none, comes from the environment
-    (REDIS_PASSWORD_ENV): a Kubernetes Secret reaches a pod that way, never through a config."""
+    (REDIS_PASSWORD_ENV): a Kubernetes Secret reaches a pod that way, never through a config;
+    so do the TLS files of a rediss:// URL (REDIS_TLS_*_ENV), whose server certificate is
+    always verified."""
+    tls: dict[str, Any] = {}
+    if url.startswith("rediss://"):
+        tls = {
+            "ssl_cert_reqs": "required",
+            "ssl_ca_certs": os.environ.get(REDIS_TLS_CA_ENV) or None,
+            "ssl_certfile": os.environ.get(REDIS_TLS_CERT_ENV) or None,
+            "ssl_keyfile": os.environ.get(REDIS_TLS_KEY_ENV) or None,
+        }
     return Redis.from_url(
         url,
         socket_timeout=timeout_s,
@@ -72,6 +87,7 @@ def redis_client(url: str, timeout_s: float = 1.0) -> Redis:
         retry=Retry(NoBackoff(), 0),
         protocol=2,  # pins the reply shapes (XREAD: a list of [key, entries])
         password=os.environ.get(REDIS_PASSWORD_ENV) or None,  # the URL's, if it has one, wins
+        **tls,
     )
 
 

@@ -228,6 +228,26 @@ def test_secrets_reach_the_pods_by_reference_only(helm: Path) -> None:
     assert all("value" not in e for e in env if e["name"] in ("HF_TOKEN", "KVFLEET_REDIS_PASSWORD"))
 
 
+def test_redis_tls_files_reach_every_pod_that_talks_to_redis(helm: Path) -> None:
+    objects = _objects(_render(helm, "external-redis-tls"))
+    pods = [
+        *(
+            d["spec"]["template"]
+            for d in _named(objects, "Deployment", f"{RELEASE}-kvfleet-router")
+        ),
+        *(t["template"] for t in pod_templates(_by_kind(objects, "RayService")[0])),
+    ]
+    for pod in pods:
+        [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "redis-tls"]
+        assert volume["secret"] == {"secretName": "redis-tls"}
+        [container] = [c for c in pod["spec"]["containers"] if c["name"] != "autoscaler"][:1]
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["redis-tls"]["mountPath"] == "/etc/kvfleet/redis-tls"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["KVFLEET_REDIS_TLS_CA_FILE"] == "/etc/kvfleet/redis-tls/ca.crt"
+        assert env["KVFLEET_REDIS_TLS_KEY_FILE"] == "/etc/kvfleet/redis-tls/tls.key"
+
+
 def _walk_env(node: Any) -> list[dict[str, Any]]:
     if isinstance(node, dict):
         found = list(node.get("env") or []) if isinstance(node.get("env"), list) else []

@@ -112,6 +112,16 @@ applications:
       name: {{ .Values.redis.existingSecret }}
       key: {{ .Values.redis.passwordKey }}
 {{- end }}
+{{- with .Values.redis.tls.existingSecret }}
+- name: KVFLEET_REDIS_TLS_CA_FILE
+  value: /etc/kvfleet/redis-tls/ca.crt
+{{- if $.Values.redis.tls.clientCertificate }}
+- name: KVFLEET_REDIS_TLS_CERT_FILE
+  value: /etc/kvfleet/redis-tls/tls.crt
+- name: KVFLEET_REDIS_TLS_KEY_FILE
+  value: /etc/kvfleet/redis-tls/tls.key
+{{- end }}
+{{- end }}
 {{- if .Values.hfToken.existingSecret }}
 - name: HF_TOKEN
   valueFrom:
@@ -135,6 +145,7 @@ applications:
   emptyDir:
     medium: Memory
     sizeLimit: {{ .Values.shm.sizeLimit }}
+{{- include "kvfleet.redisTLSVolume" . }}
 {{- with .Values.extraVolumes }}
 {{ toYaml . }}
 {{- end }}
@@ -147,8 +158,27 @@ applications:
 {{- end }}
 - name: dshm
   mountPath: /dev/shm
+{{- include "kvfleet.redisTLSVolumeMount" . }}
 {{- with .Values.extraVolumeMounts }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The TLS files of an external rediss:// Redis, from an existing Secret (ca.crt, and
+tls.crt and tls.key for mutual TLS), in every pod that talks to Redis. */}}
+{{- define "kvfleet.redisTLSVolume" -}}
+{{- with .Values.redis.tls.existingSecret }}
+- name: redis-tls
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "kvfleet.redisTLSVolumeMount" -}}
+{{- if .Values.redis.tls.existingSecret }}
+- name: redis-tls
+  mountPath: /etc/kvfleet/redis-tls
+  readOnly: true
 {{- end }}
 {{- end -}}
 
