@@ -3,9 +3,12 @@ Serve, two CPU replicas of the demo model, redis-server), while faults strike on
 
     a replica is killed  ->  Redis restarts  ->  the router restarts (drains, comes back)
 
+With ``--disaggregated`` the fleet is a prefill pool (one replica) and a decode pool (two), every
+prompt long enough to be prefilled remotely, and a prefill replica is killed first.
+
 Every request is greedy with ``ignore_eos``, so each that succeeds must stream exactly
 ``max_tokens`` tokens; half go over gRPC (kvfleet's client), half over HTTP (the openai SDK),
-each retried by no one. Disaggregated mode (a prefill replica killed) is not run here.
+each retried by no one.
 
 Last line, one JSON object: ``requests_sent``, ``requests_ok``, ``requests_failed_by_cause``
 (the gRPC status or HTTP error class), ``tokens_lost`` (tokens streamed to clients of requests
@@ -36,7 +39,7 @@ import ray
 from ray import serve
 
 from cluster import cluster_config
-from cluster.app import DEPLOYMENT, deploy
+from cluster.app import DEPLOYMENT, DEPLOYMENTS, deploy
 from cluster.demo_model import write_demo_model
 from cluster.fleet_status import kv_states
 from cluster.front_door import FrontDoorThread
@@ -72,12 +75,18 @@ class Soak:
             self.outcomes.append(outcome)
 
 
+def prompt(index: int) -> str:
+    """About 330 tokens of the demo tokenizer: past the disaggregated fleet's 256-token local
+    prefill threshold, so the prefill pool computes it."""
+    return f"Soak request {index} asks for the state of the fleet. " * 30
+
+
 def grpc_request(soak: Soak, index: int, sent_at: float) -> None:
     outcome = Outcome(sent_at, "grpc")
     try:
         with GenerationClient(f"127.0.0.1:{soak.grpc_port}") as client:
             for response in client.generate(
-                f"Soak request {index} asks for",
+                prompt(index),
                 max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True, timeout=60,
             ):  # fmt: skip
                 if response.token_ids and outcome.ttft_s is None:
@@ -96,7 +105,7 @@ def http_request(soak: Soak, index: int, sent_at: float) -> None:
             timeout=60,
         ) as client:  # fmt: skip
             stream = client.completions.create(
-                model="demo-tiny", prompt=f"Soak request {index} asks for",
+                model="demo-tiny", prompt=prompt(index),
                 max_tokens=MAX_TOKENS, temperature=0.0, stream=True,
                 stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
             )  # fmt: skip
@@ -148,9 +157,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a shorter run, about a minute")
     parser.add_argument("--rate", type=float, default=4.0, help="requests per second")
+    parser.add_argument("--disaggregated", action="store_true", help="prefill and decode pools")
     args = parser.parse_args()
     phase_s = 8.0 if args.quick else 40.0
     faults = ["replica_killed", "redis_restarted", "router_restarted"]
+    engine = {"dtype": "float32"}
+    pools: dict[str, object] = {"colocated": {"replicas": 2, "engine": engine}}
+    if args.disaggregated:
+        faults = ["prefill_replica_killed", *faults]
+        pools = {
+            "prefill": {"replicas": 1, "engine": engine},
+            "decode": {"replicas": 2, "engine": engine},
+        }
     duration = phase_s * (len(faults) + 1)
 
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -162,7 +180,7 @@ def main() -> None:
         config = cluster_config.load(
             {
                 "model": str(model), "app_name": APP, "redis": {"url": redis.url},
-                "pools": {"colocated": {"replicas": 2, "engine": {"dtype": "float32"}}},
+                "pools": pools,
             }
         )  # fmt: skip
         deploy(config)
@@ -203,7 +221,7 @@ def main() -> None:
             pool.shutdown(wait=True)
             if striking is not None:
                 striking.join()
-            leaked = _leaked_blocks(config.app_name)
+            leaked = sum(_leaked_blocks(config.app_name, DEPLOYMENTS[p]) for p in pools)
         finally:
             doors[-1].stop()
             serve.shutdown()
@@ -212,7 +230,8 @@ def main() -> None:
 
     figures = _figures(soak, index, fault_times, start, faults, leaked, rss)
     figures["fault_lengths_s"] = fault_lengths
-    print(json.dumps({**figures, "rate": args.rate, "duration_s": duration}))
+    mode = "disaggregated" if args.disaggregated else "colocated"
+    print(json.dumps({**figures, "rate": args.rate, "duration_s": duration, "mode": mode}))
 
 
 def _strike(
@@ -224,9 +243,13 @@ def _strike(
     lengths: dict[str, float],
 ) -> None:
     began = time.monotonic()
-    if fault == "replica_killed":
-        victim = replica_ids(app_name, DEPLOYMENT)[0]
-        actor = ray.get_actor(f"SERVE_REPLICA::{app_name}#{DEPLOYMENT}#{victim}", namespace="serve")
+    if fault.endswith("replica_killed"):
+        pool = "prefill" if fault.startswith("prefill") else "colocated"
+        if pool == "colocated" and DEPLOYMENT not in _deployments(app_name):
+            pool = "decode"
+        deployment = DEPLOYMENTS[pool]
+        victim = replica_ids(app_name, deployment)[0]
+        actor = ray.get_actor(f"SERVE_REPLICA::{app_name}#{deployment}#{victim}", namespace="serve")
         ray.kill(actor, no_restart=True)
     elif fault == "redis_restarted":
         redis.restart()
@@ -237,11 +260,17 @@ def _strike(
     lengths[fault] = round(time.monotonic() - began, 2)
 
 
-def _leaked_blocks(app_name: str, timeout_s: float = 30.0) -> int:
-    """Blocks still held once every replica is idle (waits for the idle state)."""
+def _deployments(app_name: str) -> set[str]:
+    app = serve.status().applications.get(app_name)
+    return set(app.deployments) if app is not None else set()
+
+
+def _leaked_blocks(app_name: str, deployment: str, timeout_s: float = 30.0) -> int:
+    """Blocks still held once every replica of the deployment is idle (waits for that; a
+    prefill replica's leases expire or are released)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        states = kv_states(app_name)
+        states = kv_states(app_name, deployment)
         held = sum(s.num_blocks - s.num_free_blocks for s in states.values())
         idle = all(s.num_unfinished == 0 for s in states.values())
         if (idle and held == 0) or time.monotonic() > deadline:
@@ -263,10 +292,11 @@ def _figures(
     lost += sum(MAX_TOKENS - o.tokens for o in ok)
     edges = [0.0] + [fault_times[f] for f in faults if f in fault_times] + [float("inf")]
     names = ["before_faults", *(f"after_{f}" for f in faults if f in fault_times)]
-    ttft = {}
+    ttft, failed = {}, {}
     for name, low, high in zip(names, edges, edges[1:], strict=False):
         window = [o.ttft_s for o in ok if o.ttft_s is not None and low <= o.sent_at - start < high]
         ttft[name] = p99(window)
+        failed[name] = sum(1 for o in outcomes if o.error and low <= o.sent_at - start < high)
     return {
         "requests_sent": sent,
         "requests_ok": len(ok),
@@ -274,6 +304,7 @@ def _figures(
         "tokens_lost": lost,
         "leaked_blocks": leaked,
         "ttft_p99_s": ttft,
+        "requests_failed_by_phase": failed,
         "fault_times_s": {f: round(t, 1) for f, t in fault_times.items()},
         "peak_rss_mb": {k: round(max(v), 1) if v else None for k, v in rss.items()},
         "rss_growth_mb": {k: round(v[-1] - v[0], 1) if v else None for k, v in rss.items()},

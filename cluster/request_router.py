@@ -38,7 +38,7 @@ from cluster.replica import Pinned, load_report
 from router.kv_bus import StreamKeys
 from router.kv_subscriber import KVEventSubscriber
 from router.policy import PrefixAwarePolicy, RouterConfig, RoutingDecision
-from worker.errors import OverloadedError
+from worker.errors import NoReplicaError, OverloadedError
 from worker.messages import GenerationRequest
 
 _MAX_UNROUTED = 10_000  # decisions awaiting on_request_routed; older ones were abandoned
@@ -116,6 +116,10 @@ class PrefixAwareRequestRouter(RequestRouter):
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         try:
             decision = self.policy.choose(request.prompt_token_ids, request.cache_salt, now=now)
+        except NoReplicaError:
+            # Every replica Serve offers was dropped after a failed call: let Serve try them
+            # (the call fails fast if they are dead, and the front door's failover takes it).
+            return [candidate_replicas]
         except OverloadedError:
             # Every replica is past its cap: queue on the least loaded rather than fail here;
             # the gRPC layer bounds how many requests wait.
