@@ -49,6 +49,7 @@ from cluster.replica import replica_ids
 from router.client import GenerationClient
 
 APP = "kvfleet-soak"
+ROUTER_DRAIN_S = 5.0  # what `kvfleet router` drains on SIGTERM (FrontDoor.stop's default)
 MAX_TOKENS = 48  # long enough that streams are in flight when a fault strikes
 
 
@@ -253,9 +254,10 @@ def _strike(
         ray.kill(actor, no_restart=True)
     elif fault == "redis_restarted":
         redis.restart()
-    else:  # the router process restarting: it drains what it streams, then comes back
-        port = int(doors[-1].target.rsplit(":", 1)[1])
-        doors[-1].stop()
+    else:  # the router restarting as on SIGTERM: it drains for up to 5 s, then comes back
+        door = doors[-1]
+        port = int(door.target.rsplit(":", 1)[1])
+        door.stop(grace_s=ROUTER_DRAIN_S)
         doors.append(FrontDoorThread(app_name, port=port, http=http))
     lengths[fault] = round(time.monotonic() - began, 2)
 

@@ -108,7 +108,8 @@ class FrontDoorThread:
         """Run ``coro`` on the router's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=timeout_s)
 
-    def stop(self) -> None:
-        self.run(self.front_door.stop(grace_s=1.0))
+    def stop(self, grace_s: float = 1.0) -> None:
+        """Stop serving, letting streams in flight finish for up to ``grace_s``."""
+        self.run(self.front_door.stop(grace_s=grace_s), timeout_s=grace_s + 60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
