@@ -12,37 +12,15 @@ from hypothesis import strategies as st
 
 from cluster import cluster_config
 from cluster.cluster_config import ConfigError
+from tests.yaml_values import key_paths, yaml_values
 
-SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(),  # YAML's .nan and .inf too
-    st.text(max_size=20),
-)
-VALUES = st.recursive(
-    SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-
-
-def _paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    """Every key of a full config, sections and leaves alike."""
-    paths = []
-    for key, value in tree.items():
-        paths.append((*prefix, key))
-        if isinstance(value, dict):
-            paths += _paths(value, (*prefix, key))
-    return paths
+VALUES = yaml_values()
 
 
 FULL = cluster_config.load(
     {"model": "/models/m", "pools": {"colocated": {"autoscaling": {}}}}
 ).model_dump(mode="json")
-PATHS = _paths(FULL)
+PATHS = key_paths(FULL)
 
 
 def _with(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:

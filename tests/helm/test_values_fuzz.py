@@ -16,33 +16,10 @@ from hypothesis import strategies as st
 
 from cluster.helm_binary import helm_binary
 from cluster.helm_schema import CHART
+from tests.yaml_values import key_paths, yaml_values
 
-SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**40), max_value=2**40),
-    st.floats(allow_nan=False, allow_infinity=False),  # Helm itself cannot read .inf or .nan
-    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), max_size=12),
-)
-VALUES = st.recursive(
-    SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=6,
-)
-
-
-def _paths(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    paths = []
-    for key, value in tree.items():
-        paths.append((*prefix, key))
-        if isinstance(value, dict):
-            paths += _paths(value, (*prefix, key))
-    return paths
-
-
-PATHS = _paths(yaml.safe_load((CHART / "values.yaml").read_text()))
+VALUES = yaml_values(finite=True)  # Helm itself cannot read .inf or .nan
+PATHS = key_paths(yaml.safe_load((CHART / "values.yaml").read_text()))
 
 
 @pytest.fixture(scope="module")
