@@ -42,6 +42,7 @@ from worker.errors import NoReplicaError, OverloadedError
 from worker.messages import GenerationRequest
 
 _MAX_UNROUTED = 10_000  # decisions awaiting on_request_routed; older ones were abandoned
+DEAD_TTL_S = 30.0  # longer than Serve takes to drop a replica that really died
 
 
 @dataclass(slots=True)
@@ -71,7 +72,9 @@ class PrefixAwareRequestRouter(RequestRouter):
             self.subscriber = KVEventSubscriber(redis_url, keys, self.policy)
         self._unrouted: OrderedDict[str, RoutingDecision] = OrderedDict()
         self._replica_of: OrderedDict[str, str] = OrderedDict()  # request id: replica id
-        self._dead: set[str] = set()  # died, by the front door's word; Serve not told yet
+        # Died by the front door's word (replica id: when), until Serve's list drops them or,
+        # should the call have failed for another reason, DEAD_TTL_S passes.
+        self._dead: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stats_seen: dict[str, int] = {}
         self.counts = RoutingCounts()
@@ -80,8 +83,8 @@ class PrefixAwareRequestRouter(RequestRouter):
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
         current = {r.replica_id.unique_id for r in replicas}
-        self._dead &= current  # Serve has dropped the others itself
-        current -= self._dead
+        self._dead = {r: t for r, t in self._dead.items() if r in current}  # Serve dropped the rest
+        current -= set(self._dead)
         known = set(self.policy.replica_ids)
         for replica_id in current - known:
             self.policy.add_replica(replica_id)
@@ -102,6 +105,7 @@ class PrefixAwareRequestRouter(RequestRouter):
     ) -> list[list[RunningReplica]]:
         self._loop = asyncio.get_running_loop()
         if self._dead:
+            self._revive_expired(candidate_replicas)
             alive = [r for r in candidate_replicas if r.replica_id.unique_id not in self._dead]
             candidate_replicas = alive or candidate_replicas
         now = time.monotonic()
@@ -167,22 +171,36 @@ class PrefixAwareRequestRouter(RequestRouter):
 
     def replica_failed(self, request_id: str) -> None:
         """The replica serving ``request_id`` died (its call failed): stop routing to it now
-        rather than when Serve's health checks notice. Safe from any thread."""
+        rather than when Serve's health checks notice. Safe from any thread; call it before
+        the request is sent again (which records its new replica)."""
+        replica_id = self._replica_of.get(request_id)  # read now, before a retry replaces it
         loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._drop_replica_of, request_id)
+        if replica_id is not None and loop is not None:
+            loop.call_soon_threadsafe(self._drop_replica, replica_id)
 
-    def _drop_replica_of(self, request_id: str) -> None:
-        replica_id = self._replica_of.pop(request_id, None)
-        if replica_id is None or replica_id in self._dead:
+    def _drop_replica(self, replica_id: str) -> None:
+        if replica_id in self._dead:
             return
-        self._dead.add(replica_id)
+        self._dead[replica_id] = time.monotonic()
         self.counts.replicas_lost += 1
         if replica_id in self.policy.replica_ids:
             if self.subscriber is not None:
                 self.subscriber.unwatch(replica_id)
             self.policy.remove_replica(replica_id)
             self._stats_seen.pop(replica_id, None)
+
+    def _revive_expired(self, candidates: list[RunningReplica]) -> None:
+        """A replica marked dead that Serve still offers after DEAD_TTL_S is alive after all
+        (its call failed for another reason): route to it again."""
+        now = time.monotonic()
+        offered = {r.replica_id.unique_id for r in candidates}
+        for replica_id, marked in list(self._dead.items()):
+            if now - marked < DEAD_TTL_S or replica_id not in offered:
+                continue
+            del self._dead[replica_id]
+            self.policy.add_replica(replica_id)
+            if self.subscriber is not None:
+                self.subscriber.watch(replica_id)
 
     def _note_replica(self, request_id: str, replica_id: str) -> None:
         self._replica_of[request_id] = replica_id

@@ -42,7 +42,7 @@ def test_a_killed_replicas_streams_continue_elsewhere_with_the_undisturbed_token
         assert finished.replica != victim and finished.usage.completion_tokens == 400
         assert finished.usage.prompt_tokens == len(prompts[0])
     router = live_routers.LIVE[live_routers.key(fleet.config.app_name, DEPLOYMENT)]
-    assert router.counts.replicas_lost == 1  # dropped when its calls failed, not later
+    assert router.counts.replicas_lost == 1  # dropped when its calls failed; only that one
     assert victim not in router.policy.replica_ids
     # Requests keep being served meanwhile, by the survivor, then by the replacement too.
     deadline, served = time.monotonic() + 120, set()
