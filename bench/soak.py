@@ -162,10 +162,12 @@ def main() -> None:
     args = parser.parse_args()
     phase_s = 8.0 if args.quick else 40.0
     faults = ["replica_killed", "redis_restarted", "router_restarted"]
+    decode = DEPLOYMENT  # the deployment whose replica "replica_killed" kills
     engine = {"dtype": "float32"}
     pools: dict[str, object] = {"colocated": {"replicas": 2, "engine": engine}}
     if args.disaggregated:
         faults = ["prefill_replica_killed", *faults]
+        decode = DEPLOYMENTS["decode"]
         pools = {
             "prefill": {"replicas": 1, "engine": engine},
             "decode": {"replicas": 2, "engine": engine},
@@ -213,7 +215,7 @@ def main() -> None:
                     # On a thread of its own: the load keeps arriving while the fault lasts.
                     striking = threading.Thread(
                         target=_strike,
-                        args=(fault, config.app_name, redis, doors, http, fault_lengths),
+                        args=(fault, config.app_name, redis, doors, http, fault_lengths, decode),
                     )
                     striking.start()
                 if index % 8 == 0:
@@ -242,13 +244,12 @@ def _strike(
     doors: list[FrontDoorThread],
     http: HTTPOptions,
     lengths: dict[str, float],
+    decode: str,
 ) -> None:
     began = time.monotonic()
     if fault.endswith("replica_killed"):
-        pool = "prefill" if fault.startswith("prefill") else "colocated"
-        if pool == "colocated" and DEPLOYMENT not in _deployments(app_name):
-            pool = "decode"
-        deployment = DEPLOYMENTS[pool]
+        # The other replica kill strikes the pool that decodes: colocated, or decode.
+        deployment = DEPLOYMENTS["prefill"] if fault.startswith("prefill") else decode
         victim = replica_ids(app_name, deployment)[0]
         actor = ray.get_actor(f"SERVE_REPLICA::{app_name}#{deployment}#{victim}", namespace="serve")
         ray.kill(actor, no_restart=True)
@@ -260,11 +261,6 @@ def _strike(
         door.stop(grace_s=ROUTER_DRAIN_S)
         doors.append(FrontDoorThread(app_name, port=port, http=http))
     lengths[fault] = round(time.monotonic() - began, 2)
-
-
-def _deployments(app_name: str) -> set[str]:
-    app = serve.status().applications.get(app_name)
-    return set(app.deployments) if app is not None else set()
 
 
 def _leaked_blocks(app_name: str, deployment: str, timeout_s: float = 30.0) -> int:
