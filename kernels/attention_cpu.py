@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from kernels import kv_quant
 from kernels.attention_metadata import DecodePlan, PagedAttentionMetadata
 from kernels.attention_ref import attend_sequence
 
@@ -46,8 +47,9 @@ def _decode(
     group = num_heads // num_kv_heads
     # A kv head's `group` query heads act as `group` queries against the same keys.
     q = query.view(batch, num_kv_heads, group, head_dim)
-    k = kv_cache[0].index_select(0, plan.suffix_blocks).view(batch, -1, num_kv_heads, head_dim)
-    v = kv_cache[1].index_select(0, plan.suffix_blocks).view(batch, -1, num_kv_heads, head_dim)
+    blocks = plan.suffix_blocks
+    k = kv_quant.gather(kv_cache, 0, blocks, query.dtype).view(batch, -1, num_kv_heads, head_dim)
+    v = kv_quant.gather(kv_cache, 1, blocks, query.dtype).view(batch, -1, num_kv_heads, head_dim)
     k, v = k.transpose(1, 2), v.transpose(1, 2)
     # The flash kernel itself: the public SDPA entry point takes a much slower path for this
     # layout, and the log-sum-exp it returns is what merging with the shared part needs.
@@ -76,8 +78,9 @@ def _attend_shared(
     """Every row's queries against the shared blocks in one matmul per kv head.
     ``q`` is [B, KV, G, D]; returns the output [B, KV, G, D] and log-sum-exp [B, KV, G]."""
     batch, num_kv_heads, group, head_dim = q.shape
-    k = kv_cache[0].index_select(0, blocks).view(-1, num_kv_heads, head_dim).permute(1, 2, 0)
-    v = kv_cache[1].index_select(0, blocks).view(-1, num_kv_heads, head_dim).transpose(0, 1)
+    k = kv_quant.gather(kv_cache, 0, blocks, q.dtype).view(-1, num_kv_heads, head_dim)
+    v = kv_quant.gather(kv_cache, 1, blocks, q.dtype).view(-1, num_kv_heads, head_dim)
+    k, v = k.permute(1, 2, 0), v.transpose(0, 1)
     rows = q.permute(1, 0, 2, 3).reshape(num_kv_heads, batch * group, head_dim).float()
     scores = torch.bmm(rows, k.float()) * scale  # [KV, B*G, S]
     lse = scores.logsumexp(dim=-1)

@@ -21,7 +21,13 @@ import triton
 import triton.language as tl
 
 from kernels.attention_metadata import PagedAttentionMetadata
-from kernels.attention_tile_triton import LOG2_E, attend_paged_range, dim_pad, dot_precision
+from kernels.attention_tile_triton import (
+    LOG2_E,
+    attend_paged_range,
+    dim_pad,
+    dot_precision,
+    scale_views,
+)
 from kernels.layout import unit_last_stride
 
 TILE_N = 32
@@ -49,6 +55,8 @@ def _decode_attention_kernel(  # type: ignore[no-untyped-def]
     query_ptr,
     k_cache_ptr,
     v_cache_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     block_table_ptr,
     seq_lens_ptr,
     query_start_loc_ptr,
@@ -70,6 +78,7 @@ def _decode_attention_kernel(  # type: ignore[no-untyped-def]
     DIM_PAD: tl.constexpr,
     TILE_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    QUANTIZED: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -98,6 +107,8 @@ def _decode_attention_kernel(  # type: ignore[no-untyped-def]
         acc,
         k_cache_ptr,
         v_cache_ptr,
+        k_scale_ptr,
+        v_scale_ptr,
         block_table_ptr + seq.to(tl.int64) * stride_bt,
         kv_head,
         query_pos,
@@ -112,6 +123,7 @@ def _decode_attention_kernel(  # type: ignore[no-untyped-def]
         DIM_PAD,
         TILE_N,
         DOT_PRECISION,
+        QUANTIZED,
     )
     if NUM_SPLITS == 1:
         out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
@@ -206,6 +218,7 @@ def paged_decode_attention_triton(
     query_start_loc = meta.query_start_loc.to(device)
     block_table = meta.block_table.to(device)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
+    k_scales, v_scales, quantized = scale_views(kv_cache)
     _decode_attention_kernel[(meta.num_seqs, num_kv_heads, splits)](
         out,
         partial_out,
@@ -214,6 +227,8 @@ def paged_decode_attention_triton(
         query,
         k_cache,
         v_cache,
+        k_scales,
+        v_scales,
         block_table,
         seq_lens,
         query_start_loc,
@@ -235,6 +250,7 @@ def paged_decode_attention_triton(
         DIM_PAD=pad,
         TILE_N=TILE_N,
         DOT_PRECISION=dot_precision(query.dtype),
+        QUANTIZED=quantized,
         # 32-key tiles on 8 warps: about 125 registers a thread for bf16 on sm_90, no spills,
         # two programs per SM (64-key tiles on 4 warps spill).
         num_warps=8,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels import kv_quant
 from kernels.attention_metadata import PagedAttentionMetadata
 
 
@@ -15,7 +16,8 @@ def paged_attention_ref(
     scale: float,
 ) -> torch.Tensor:
     """Causal attention of ``query`` [T, H, D] over the paged ``kv_cache``
-    [2, num_blocks, block_size, KV, D]; GQA when H is a multiple of KV. Returns [T, H, D].
+    [2, num_blocks, block_size, KV, D] (or quantized, see kv_quant); GQA when H is a multiple of
+    KV. Returns [T, H, D].
     One sequence at a time: the definition every faster path is tested against."""
     out = torch.empty_like(query)
     starts = meta.query_start_loc.tolist()
@@ -34,8 +36,8 @@ def attend_sequence(
     block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
     num_blocks = -(-seq_len // block_size)
     blocks = block_ids[:num_blocks].to(torch.long)
-    k = kv_cache[0].index_select(0, blocks).flatten(0, 1)[:seq_len].transpose(0, 1)
-    v = kv_cache[1].index_select(0, blocks).flatten(0, 1)[:seq_len].transpose(0, 1)
+    k = kv_quant.gather(kv_cache, 0, blocks, query.dtype).flatten(0, 1)[:seq_len].transpose(0, 1)
+    v = kv_quant.gather(kv_cache, 1, blocks, query.dtype).flatten(0, 1)[:seq_len].transpose(0, 1)
     # Query j sits at context position seq_len - query_len + j and sees keys up to it.
     q_pos = torch.arange(seq_len - query_len, seq_len)[:, None]
     mask = torch.arange(seq_len)[None, :] <= q_pos

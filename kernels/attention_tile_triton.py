@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import kv_quant
+
 LOG2_E = 1.4426950408889634
 
 
@@ -29,6 +31,8 @@ def attend_paged_range(  # type: ignore[no-untyped-def]
     acc,
     k_cache_ptr,
     v_cache_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     block_table_row_ptr,
     kv_head,
     query_pos,
@@ -43,9 +47,13 @@ def attend_paged_range(  # type: ignore[no-untyped-def]
     DIM_PAD: tl.constexpr,
     TILE_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    QUANTIZED: tl.constexpr,
 ):
     """Fold keys ``[kv_start, kv_end)`` into the running ``(m_i, l_i, acc)`` of the rows of ``q``
-    [BLOCK_M, DIM_PAD] (float32); row ``r`` sees key ``n`` only if ``n <= query_pos[r]``."""
+    [BLOCK_M, DIM_PAD] (float32); row ``r`` sees key ``n`` only if ``n <= query_pos[r]``.
+    ``QUANTIZED``: the cache holds 8-bit values, each slot's float32 scale after its
+    ``HEAD_DIM`` bytes (kernels/kv_quant.py), read through ``k_scale_ptr``/``v_scale_ptr``, the
+    same memory as float32 (see ``scale_views``)."""
     dims = tl.arange(0, DIM_PAD)
     dim_mask = dims < HEAD_DIM
     head_off = kv_head.to(tl.int64) * stride_ch
@@ -64,6 +72,12 @@ def attend_paged_range(  # type: ignore[no-untyped-def]
             mask=key_mask[:, None] & dim_mask[None, :],
             other=0.0,
         ).to(tl.float32)
+        if QUANTIZED:
+            # All strides are multiples of 4 bytes, so a slot's scale is float32 element
+            # (slot + HEAD_DIM) / 4 of the same memory.
+            scale_off = (slots + HEAD_DIM) // 4
+            k = k * tl.load(k_scale_ptr + scale_off, mask=key_mask, other=0.0)[None, :]
+            v = v * tl.load(v_scale_ptr + scale_off, mask=key_mask, other=0.0)[:, None]
         s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
         visible = key_mask[None, :] & (keys[None, :] <= query_pos[:, None])
         s = tl.where(visible, s, float("-inf"))
@@ -76,6 +90,15 @@ def attend_paged_range(  # type: ignore[no-untyped-def]
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=DOT_PRECISION)
         m_i = m_new
     return m_i, l_i, acc
+
+
+def scale_views(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The keys' and values' scale pointers for ``attend_paged_range`` and whether the cache is
+    quantized; an unquantized cache passes its own halves, never read."""
+    if not kv_quant.is_quantized(kv_cache):
+        return kv_cache[0], kv_cache[1], False
+    as_float = kv_cache.view(torch.uint8).view(torch.float32)
+    return as_float[0], as_float[1], True
 
 
 def dot_precision(dtype: torch.dtype) -> str:

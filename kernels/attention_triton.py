@@ -28,7 +28,13 @@ import triton.language as tl
 
 from kernels.attention_decode_triton import paged_decode_attention_triton
 from kernels.attention_metadata import PagedAttentionMetadata
-from kernels.attention_tile_triton import LOG2_E, attend_paged_range, dim_pad, dot_precision
+from kernels.attention_tile_triton import (
+    LOG2_E,
+    attend_paged_range,
+    dim_pad,
+    dot_precision,
+    scale_views,
+)
 from kernels.layout import unit_last_stride
 
 # 64 query rows reuse each loaded key tile 64 times; with 32-key tiles on 8 warps that fits
@@ -58,6 +64,8 @@ def _varlen_attention_kernel(  # type: ignore[no-untyped-def]
     query_ptr,
     k_cache_ptr,
     v_cache_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     block_table_ptr,
     seq_lens_ptr,
     query_start_loc_ptr,
@@ -79,6 +87,7 @@ def _varlen_attention_kernel(  # type: ignore[no-untyped-def]
     DIM_PAD: tl.constexpr,
     TILE_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    QUANTIZED: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -114,6 +123,8 @@ def _varlen_attention_kernel(  # type: ignore[no-untyped-def]
         acc,
         k_cache_ptr,
         v_cache_ptr,
+        k_scale_ptr,
+        v_scale_ptr,
         block_table_ptr + seq.to(tl.int64) * stride_bt,
         kv_head,
         query_pos,
@@ -128,6 +139,7 @@ def _varlen_attention_kernel(  # type: ignore[no-untyped-def]
         DIM_PAD,
         TILE_N,
         DOT_PRECISION,
+        QUANTIZED,
     )
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     o_off = token[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :]
@@ -167,12 +179,15 @@ def varlen_attention_triton(
     block_q = block_m // queries_per_kv
     block_table = meta.block_table.to(query.device)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
+    k_scales, v_scales, quantized = scale_views(kv_cache)
     grid = (num_tokens // block_q + meta.num_seqs, num_kv_heads)
     _varlen_attention_kernel[grid](
         out,
         query,
         k_cache,
         v_cache,
+        k_scales,
+        v_scales,
         block_table,
         meta.seq_lens.to(query.device),
         meta.query_start_loc.to(query.device),
@@ -194,6 +209,7 @@ def varlen_attention_triton(
         DIM_PAD=dim_pad(head_dim),
         TILE_N=TILE_N,
         DOT_PRECISION=dot_precision(query.dtype),
+        QUANTIZED=quantized,
         num_warps=8,
     )
     return out

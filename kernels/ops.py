@@ -4,7 +4,8 @@ Every operation the model runs goes through here, so the choice of implementatio
 one place: the Triton kernel when the tensors are on a CUDA device and Triton is installed, else
 (CPU) the torch reference, except attention, which on CPU runs the native kernel that reads the
 paged cache in place (attention_native), or where that cannot be built the batched torch path;
-both are tested against the reference. In a forward traced by torch.compile, attention over a
+both are tested against the reference. The weight-quantized matmul likewise has a CPU path of
+its own (quant_matmul_cpu). In a forward traced by torch.compile, attention over a
 DecodeMetadata and the cache write go through the custom operators of compiled_ops, which call
 back here at run time. Triton modules are imported on first use only, so this
 module imports on machines without Triton.
@@ -24,12 +25,14 @@ from kernels.attention_metadata import AttentionMetadata, DecodeMetadata
 from kernels.block_copy_ref import gather_blocks_ref, scatter_blocks_ref
 from kernels.kv_store_ref import store_kv_ref
 from kernels.norm_ref import fused_add_rms_norm_ref, rms_norm_ref
+from kernels.quant_matmul_cpu import quant_matmul_cpu
 from kernels.rope_ref import rotary_embedding_ref
 
 __all__ = [
     "fused_add_rms_norm",
     "gather_blocks",
     "paged_attention",
+    "quant_linear",
     "rms_norm",
     "rotary_embedding",
     "scatter_blocks",
@@ -118,6 +121,23 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
 
         return silu_and_mul_triton(x)
     return silu_and_mul_ref(x)
+
+
+def quant_linear(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``x @ (qweight * scale[:, None])^T (+ bias)`` over the last dimension of ``x``, with
+    ``qweight`` [N, K] int8 or float8_e4m3fn and ``scale`` [N] float32; see quant_matmul_ref.
+    On CPU the torch path of quant_matmul_cpu."""
+    rows = x.reshape(-1, x.shape[-1])
+    if uses_triton(x):
+        from kernels.quant_matmul_triton import quant_matmul_triton
+
+        out = quant_matmul_triton(rows, qweight, scale)
+    else:
+        out = quant_matmul_cpu(rows, qweight, scale)
+    out = out.view(*x.shape[:-1], qweight.shape[0])
+    return out if bias is None else out + bias
 
 
 def gather_blocks(kv_cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from worker.config import EngineConfig
+from worker.draft_model import DraftModel
 from worker.dtype_choice import resolve_dtype
 from worker.errors import (
     DuplicateRequestError,
@@ -28,17 +29,19 @@ from worker.kv_transfer.handle import prompt_digest
 from worker.kv_transfer.imports import KVImports
 from worker.load_report import LoadReport, PrefillRateMeter
 from worker.messages import GenerationRequest, RequestOutput
-from worker.model.loader import load_model
+from worker.model.loader import load_model, torch_dtype
 from worker.model_config import ModelConfig
 from worker.model_runner import ModelRunner
 from worker.output_state import OutputState
 from worker.parallel.state import ParallelState
+from worker.prompt_lookup import PromptLookup
 from worker.request import Request, RequestStatus
 from worker.request_builder import RequestBuilder
-from worker.sampler import SampledToken
+from worker.sampler import RowTokens
 from worker.sampling_params import SamplingParams
 from worker.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from worker.sequence_groups import SequenceGroups
+from worker.spec_decode import DRAFTED_BY_MODEL, draft_budget
 from worker.step_input import build_step_input
 from worker.tokenizer import Tokenizer
 
@@ -107,6 +110,9 @@ class Engine:
         self._in_flight: deque[tuple[SchedulerOutput, float]] = deque()  # (batch, submitted)
         self.prefill_rate = PrefillRateMeter()
         self._last_result = 0.0  # when the previous step's tokens came back
+        self.prompt_lookup: PromptLookup | None = None
+        if config.speculative_method == "prompt_lookup":
+            self.prompt_lookup = PromptLookup(config.prompt_lookup_min, config.prompt_lookup_max)
 
     def _make_executor(self, num_blocks: int) -> Executor:
         config, mc = self.config, self.model_config
@@ -114,17 +120,27 @@ class Engine:
             device = torch.device(self.device_type)
             state = ParallelState(config.parallel, device=device)
             model = load_model(
-                config.model, mc, state, device, load_format=config.load_format, seed=config.seed
+                config.model,
+                mc,
+                state,
+                device,
+                load_format=config.load_format,
+                seed=config.seed,
+                quantization=config.quantization,
             )
-            runner = ModelRunner(model, mc, num_blocks, config.block_size, state)
+            runner = ModelRunner(
+                model, mc, num_blocks, config.block_size, state, config.kv_cache_dtype
+            )
             if config.compiles_steps(device.type):
                 self._compile(runner)
             if device.type == "cuda" and not config.enforce_eager:
                 max_batch = min(config.cuda_graph_max_batch, config.max_num_seqs)
                 runner.capture_decode_graphs(self.max_model_len, max_batch)
+            if config.speculative_method == "draft_model":
+                runner.draft = self._load_draft(num_blocks, state)
             overlap = config.async_scheduling
             if overlap is None:
-                overlap = device.type == "cuda"
+                overlap = device.type == "cuda" and config.speculative_method is None
             if overlap:
                 return OverlappingExecutor(runner, config.step_timeout_s)
             return LocalExecutor(runner)
@@ -135,6 +151,30 @@ class Engine:
         if not ray.is_initialized():
             ray.init()  # joins RAY_ADDRESS if set, else starts a local cluster
         return RayExecutor(config, num_blocks)
+
+    def _load_draft(self, num_blocks: int, state: ParallelState) -> DraftModel:
+        """The draft model beside the target: same vocabulary, at least its context."""
+        config = self.config
+        assert config.draft_model is not None  # EngineConfig checks
+        draft_config = ModelConfig.from_dir(config.draft_model, self.model_config.dtype)
+        if draft_config.vocab_size != self.model_config.vocab_size:
+            raise ModelLoadError(
+                f"{config.draft_model}: the draft model's vocabulary of "
+                f"{draft_config.vocab_size} tokens differs from the target's "
+                f"{self.model_config.vocab_size}"
+            )
+        if draft_config.max_model_len < self.max_model_len:
+            raise ModelLoadError(
+                f"{config.draft_model}: the draft model's context of "
+                f"{draft_config.max_model_len} tokens is shorter than the served "
+                f"{self.max_model_len}"
+            )
+        model = load_model(
+            config.draft_model, draft_config, state, state.device, config.load_format, config.seed
+        )
+        return DraftModel(
+            model, num_blocks, config.block_size, torch_dtype(draft_config.dtype), state.device
+        )
 
     def _compile(self, runner: ModelRunner) -> None:
         """Compile decode steps, or log why they stay eager: a replica that cannot compile
@@ -329,36 +369,71 @@ class Engine:
             return None
         return max(1, -(-self.scheduler.num_unfinished // slots))
 
-    def _process(self, batch: SchedulerOutput, sampled: list[SampledToken]) -> list[RequestOutput]:
+    def _process(self, batch: SchedulerOutput, sampled: list[RowTokens]) -> list[RequestOutput]:
         current = [item for item in batch.scheduled if item.is_current]
         for item in current:
             self.kv.cache_blocks(item.request)
         now = time.monotonic()
         outputs = []
         sampling = [item for item in batch.scheduled if item.samples]
-        for item, token in zip(sampling, sampled, strict=True):
+        for item, tokens in zip(sampling, sampled, strict=True):
             if not item.is_current:  # aborted or preempted while its batch was in flight
                 continue
             request = item.request
             group = self.groups.group_of(request.request_id)
-            if group is not None:
-                outputs += self.groups.on_sample(group, request, token)
+            if group is not None:  # groups never draft
+                outputs += self.groups.on_sample(group, request, tokens[0])
                 continue
             if self.scheduler.config.run_ahead:
                 request.num_pending_samples -= 1
-            request.append_output_token(token.token_id)
+            if item.num_drafts:
+                self._settle_drafts(request, item.num_drafts, len(tokens) - 1)
             if request.first_token_time is None:
                 request.first_token_time = now
             state = self._states[request.request_id]
-            status = state.on_token(token)
+            status = None
+            for token in tokens:
+                request.append_output_token(token.token_id)
+                status = state.on_token(token)
+                if status is not None:  # the rest of the accepted drafts are dropped
+                    break
             handle = None
             if status is not None:
                 handle = self.exports.finish(request)  # before finish() frees the blocks
                 self.scheduler.finish(request, status)
                 del self._states[request.request_id]
+            else:
+                self._propose_drafts(request)
             output = state.take_output()
             outputs.append(output if handle is None else replace(output, kv_handle=handle))
         return outputs
+
+    @staticmethod
+    def _settle_drafts(request: Request, num_drafts: int, num_accepted: int) -> None:
+        """Count a verification, and forget the KV of the rejected drafts: their positions are
+        computed again, with the tokens the target chose."""
+        request.num_computed_tokens -= num_drafts - num_accepted
+        request.num_draft_tokens += num_drafts
+        request.num_accepted_tokens += num_accepted
+        request.draft_token_ids = []
+
+    def _propose_drafts(self, request: Request) -> None:
+        """The drafts the request's next step verifies (none without speculative decoding, or
+        when the request turned it off)."""
+        method = self.config.speculative_method
+        if method is None or not request.params.speculate:
+            return
+        budget = draft_budget(
+            request.num_tokens,
+            request.num_output_tokens,
+            request.params.max_tokens,
+            self.max_model_len,
+            self.config.num_speculative_tokens,
+        )
+        if self.prompt_lookup is not None:
+            request.draft_token_ids = self.prompt_lookup.propose(request.all_token_ids, budget)
+        else:
+            request.draft_token_ids = [DRAFTED_BY_MODEL] * budget
 
     def _abort_all(self) -> None:
         """The replica lost a rank: every request ends, and every block goes back to the pool."""

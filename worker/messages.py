@@ -63,6 +63,9 @@ class RequestOutput:
     prefilled_by: str | None = None  # disaggregated: the prefill replica's id, likewise
     num_transferred_tokens: int = 0  # prompt tokens whose KV was pulled from a prefill replica
     kv_handle: KVHandle | None = None  # a prefill request's final output: where its KV is
+    # Speculative decoding: drafts verified for this request so far, and how many accepted.
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
     # A request of several sequences (n > 1, beam search) streams each as its own outputs:
     # ``index`` says which; a sequence's last output has its ``finish_reason``, and only the
     # request's very last output has ``finished``. A beam's length-penalized ``score``.

@@ -21,6 +21,12 @@ SUPPORTED_ARCHITECTURES = (
 
 # Bytes per element of each supported dtype; the names are torch's (``getattr(torch, name)``).
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+KV_SCALE_BYTES = 4  # a quantized KV slot's float32 scale (kernels/kv_quant.py)
+
+# Weight quantizations of the linear layers (worker/model/quantization.py), and the
+# config.json ``quantization_config.quant_method`` of a checkpoint stored in one of them.
+WEIGHT_QUANTIZATIONS = ("int8", "fp8")
+QUANT_METHOD = "kvfleet"
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,10 @@ class ModelConfig:
     causal attention, which equals sliding-window attention as long as a context fits in the
     window, so a sliding window smaller than ``max_position_embeddings`` caps ``max_model_len``:
     results stay exact instead of silently diverging past the window.
+
+    ``checkpoint_quantization`` is how the checkpoint stores its linear layers' weights (a
+    name of WEIGHT_QUANTIZATIONS, from config.json's ``quantization_config``), None for full
+    precision; whatever it is, ``dtype`` is the dtype of activations and unquantized weights.
     """
 
     architecture: str
@@ -69,6 +79,7 @@ class ModelConfig:
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
     dtype: str  # a key of DTYPE_BYTES
+    checkpoint_quantization: str | None
 
     @classmethod
     def from_dir(cls, path: Path, dtype: str = "auto") -> ModelConfig:
@@ -85,14 +96,28 @@ class ModelConfig:
             raise ModelLoadError(f"{config_path}: expected a JSON object")
         return _parse(raw, config_path, dtype)
 
-    def kv_bytes_per_block(self, parallel: ParallelConfig, block_size: int) -> int:
-        """KV bytes one block takes on the rank holding the most (the KV budget is per rank)."""
+    def kv_bytes_per_block(
+        self, parallel: ParallelConfig, block_size: int, kv_cache_dtype: str = "auto"
+    ) -> int:
+        """KV bytes one block takes on the rank holding the most (the KV budget is per rank);
+        a quantized cache (``kv_cache_dtype`` "int8"/"fp8") takes head_dim + 4 bytes a token and
+        head (kernels/kv_quant.py)."""
         kv_heads = parallel.local_kv_heads(self.num_key_value_heads)
         layers = max(
             len(parallel.stage_layers(p, self.num_hidden_layers))
             for p in range(parallel.pipeline_parallel_size)
         )
-        return 2 * block_size * kv_heads * self.head_dim * DTYPE_BYTES[self.dtype] * layers
+        per_slot = kv_slot_bytes(self.head_dim, self.dtype, kv_cache_dtype)
+        return 2 * block_size * kv_heads * per_slot * layers
+
+
+def kv_slot_bytes(head_dim: int, dtype: str, kv_cache_dtype: str) -> int:
+    """Bytes one token's keys (or values) of one KV head take in the cache: ``head_dim`` values
+    of ``dtype``, or quantized ("int8"/"fp8") one byte each plus a float32 scale
+    (kernels/kv_quant.py; this module stays free of torch)."""
+    if kv_cache_dtype == "auto":
+        return head_dim * DTYPE_BYTES[dtype]
+    return head_dim + KV_SCALE_BYTES
 
 
 def _parse(raw: dict[str, Any], path: Path, dtype: str) -> ModelConfig:
@@ -144,6 +169,7 @@ def _parse(raw: dict[str, Any], path: Path, dtype: str) -> ModelConfig:
         bos_token_id=raw.get("bos_token_id"),
         eos_token_ids=_eos_token_ids(raw, path),
         dtype=_dtype(raw, path, dtype),
+        checkpoint_quantization=_checkpoint_quantization(raw, path),
     )
 
 
@@ -235,6 +261,27 @@ def _eos_token_ids(raw: dict[str, Any], path: Path) -> tuple[int, ...]:
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise ModelLoadError(f"{path}: eos_token_id must be an integer or a list, got {eos!r}")
     return tuple(ids)
+
+
+def _checkpoint_quantization(raw: dict[str, Any], path: Path) -> str | None:
+    config = raw.get("quantization_config")
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path}: quantization_config must be an object, got {config!r}")
+    method = config.get("quant_method")
+    if method != QUANT_METHOD:
+        raise ModelLoadError(
+            f"{path}: quantization_config.quant_method {method!r} is not supported; supported: "
+            f"{QUANT_METHOD!r} (python -m worker.model.quantize_checkpoint writes it)"
+        )
+    weights = config.get("weights")
+    if weights not in WEIGHT_QUANTIZATIONS:
+        raise ModelLoadError(
+            f"{path}: quantization_config.weights must be one of "
+            f"{', '.join(WEIGHT_QUANTIZATIONS)}, got {weights!r}"
+        )
+    return str(weights)
 
 
 def _dtype(raw: dict[str, Any], path: Path, requested: str) -> str:

@@ -5,24 +5,30 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from kernels import PagedAttentionMetadata, ops
+from kernels import kv_quant, ops
 from worker.compiled_decode import CompiledDecode
 from worker.cuda_graphs import DecodeGraphs
+from worker.draft_model import DraftModel
 from worker.model.llama import LlamaForCausalLM
 from worker.model.loader import torch_dtype
 from worker.model_config import ModelConfig
 from worker.parallel.comm import recv_intermediate, send_intermediate
 from worker.parallel.state import ParallelState
-from worker.sampler import SampledToken, Sampler
+from worker.sampler import RowTokens, Sampler
+from worker.spec_decode import num_accepted
 from worker.step_input import SamplingRow, StepInput
+from worker.step_tensors import attention_metadata, token_tensors
 
 _SEED_MASK = (1 << 63) - 1  # torch seeds are unsigned 64-bit; Python hashes of ints are stable
 
 
 class ModelRunner:
     """Owns this rank's model shard and its paged KV cache, one tensor per local layer:
-    [2 (key, value), num_blocks, block_size, local_kv_heads, head_dim]. The first TP rank of the
-    last stage samples; the other ranks return None."""
+    [2 (key, value), num_blocks, block_size, local_kv_heads, head_dim], or with
+    ``kv_cache_dtype`` "int8"/"fp8" 8-bit values and their scales (kernels/kv_quant.py), the
+    last dimension head_dim + 4. The first TP rank of the last stage samples; the other ranks
+    return None. A single-rank runner may hold a draft model (``draft``) that fills in the
+    drafts of the steps it runs."""
 
     def __init__(
         self,
@@ -31,17 +37,21 @@ class ModelRunner:
         num_blocks: int,
         block_size: int,
         parallel: ParallelState | None = None,
+        kv_cache_dtype: str = "auto",
     ) -> None:
         self.model = model
         self.config = config
         self.parallel = parallel or ParallelState.single()
         self.block_size = block_size
-        shape = (2, num_blocks, block_size, model.local_kv_heads, config.head_dim)
+        width = kv_quant.slot_width(config.head_dim, kv_cache_dtype)
+        shape = (2, num_blocks, block_size, model.local_kv_heads, width)
         device = self.parallel.device
+        kv_quant.check_device_supports(kv_cache_dtype, device)
         self.dtype = torch_dtype(config.dtype)
+        cache_dtype = kv_quant.cache_dtype(kv_cache_dtype, self.dtype)
         # Zeroed, not empty: padded attention reads masked slots, and 0 * NaN would leak through.
         self.kv_caches = [
-            torch.zeros(shape, dtype=self.dtype, device=device)
+            torch.zeros(shape, dtype=cache_dtype, device=device)
             for _ in range(model.num_local_layers)
         ]
         self.samples = self.parallel.is_last_stage and self.parallel.tp_rank == 0
@@ -51,7 +61,8 @@ class ModelRunner:
         self.compiled: CompiledDecode | None = None
         # The previous step's sampling rows and tokens: a step built before they were known
         # reads its inputs from them (StepInput.pending_inputs).
-        self._previous: tuple[list[SamplingRow], list[SampledToken]] = ([], [])
+        self._previous: tuple[list[SamplingRow], list[RowTokens]] = ([], [])
+        self.draft: DraftModel | None = None
 
     def compile_decode(self, max_model_len: int, max_batch: int) -> float:
         """Compile the forward of decode steps of at most ``max_batch`` sequences (see
@@ -81,14 +92,16 @@ class ModelRunner:
         self.graphs = graphs
 
     @torch.inference_mode()
-    def execute(self, step: StepInput) -> list[SampledToken] | None:
+    def execute(self, step: StepInput) -> list[RowTokens] | None:
         if step.block_copies:
             self._copy_blocks(step.block_copies)
         if step.pending_inputs:
             rows, tokens = self._previous
-            token_of = {row.request_id: t.token_id for row, t in zip(rows, tokens, strict=True)}
+            token_of = {row.request_id: t[-1].token_id for row, t in zip(rows, tokens, strict=True)}
             for index, request_id in step.pending_inputs:
                 step.input_ids[index] = token_of[request_id]
+        if self.draft is not None:
+            self.draft.propose(step)
         sampled = self._execute(step)
         if sampled is not None:
             self._previous = (step.sampling, sampled)
@@ -100,10 +113,11 @@ class ModelRunner:
         device = self.parallel.device
         sources = torch.tensor([s for s, _ in copies], dtype=torch.int64, device=device)
         destinations = torch.tensor([d for _, d in copies], dtype=torch.int64, device=device)
-        for cache in self.kv_caches:
+        drafts = self.draft.kv_caches if self.draft is not None else []
+        for cache in [*self.kv_caches, *drafts]:
             ops.scatter_blocks(ops.gather_blocks(cache, sources), cache, destinations)
 
-    def _execute(self, step: StepInput) -> list[SampledToken] | None:
+    def _execute(self, step: StepInput) -> list[RowTokens] | None:
         device = self.parallel.device
         graphs = self.graphs
         bucket = graphs.bucket_for(step) if graphs is not None else None
@@ -111,27 +125,14 @@ class ModelRunner:
             return self._sample(graphs.replay(step, bucket), step)
         if self.compiled is not None and self.compiled.accepts(step):
             return self._sample(self.compiled.run(step), step)
-        meta = PagedAttentionMetadata(
-            query_start_loc=torch.tensor(step.query_start_loc, dtype=torch.int32, device=device),
-            seq_lens=torch.tensor(step.seq_lens, dtype=torch.int32, device=device),
-            block_table=torch.tensor(step.block_table, dtype=torch.int32, device=device),
-            slot_mapping=torch.tensor(step.slot_mapping, dtype=torch.int64, device=device),
-            query_lens_host=step.query_lens,
-            seq_lens_host=step.seq_lens,
-            block_size=self.block_size,
-        )
+        meta = attention_metadata(step, self.block_size, device)
         intermediate = None
         if not self.parallel.is_first_stage:
             intermediate = recv_intermediate(
                 len(step.input_ids), self.config.hidden_size, self.dtype, self.parallel
             )
-        out = self.model(
-            torch.tensor(step.input_ids, dtype=torch.int64, device=device),
-            torch.tensor(step.positions, dtype=torch.int64, device=device),
-            self.kv_caches,
-            meta,
-            intermediate,
-        )
+        input_ids, positions = token_tensors(step, device)
+        out = self.model(input_ids, positions, self.kv_caches, meta, intermediate)
         if not self.parallel.is_last_stage:
             assert isinstance(out, tuple)
             hidden, residual = out
@@ -142,7 +143,7 @@ class ModelRunner:
         assert isinstance(out, torch.Tensor)
         return self._sample(out, step)
 
-    def _sample(self, out: torch.Tensor, step: StepInput) -> list[SampledToken] | None:
+    def _sample(self, out: torch.Tensor, step: StepInput) -> list[RowTokens] | None:
         device = self.parallel.device
         if not step.sampling:  # only prefill chunks that do not reach their prompt's end
             return [] if self.samples else None
@@ -150,18 +151,33 @@ class ModelRunner:
         logits = self.model.compute_logits(out[rows])  # every TP rank joins its all-gather
         if not self.samples:
             return None
-        return self.sampler.sample(
-            logits.cpu(), [row.params for row in step.sampling], self._generators_for(step)
+        # One sampled position per logits row: a row with drafts samples each it verifies.
+        positions = [
+            (row, row.position + j) for row in step.sampling for j in range(row.num_drafts + 1)
+        ]
+        sampled = self.sampler.sample(
+            logits.cpu(),
+            [row.params for row, _ in positions],
+            [self._generator(row, position) for row, position in positions],
         )
+        result: list[RowTokens] = []
+        at = 0
+        for row in step.sampling:
+            tokens = sampled[at : at + row.num_drafts + 1]
+            if row.num_drafts:
+                drafts = step.input_ids[
+                    step.logits_rows[at] + 1 : step.logits_rows[at] + 1 + row.num_drafts
+                ]
+                tokens = tokens[: num_accepted(drafts, [t.token_id for t in tokens]) + 1]
+            result.append(tokens)
+            at += row.num_drafts + 1
+        return result
 
     @staticmethod
-    def _generators_for(step: StepInput) -> list[torch.Generator | None]:
+    def _generator(row: SamplingRow, position: int) -> torch.Generator | None:
         """A seeded row's noise depends on its seed and the position it samples, nothing else:
-        not the batch, and not how often the request was preempted and its position re-sampled.
-        """
-        return [
-            None
-            if row.params.seed is None
-            else torch.Generator().manual_seed(hash((row.params.seed, row.position)) & _SEED_MASK)
-            for row in step.sampling
-        ]
+        not the batch, not how often the request was preempted and its position re-sampled, and
+        not whether the position was verified as a draft (worker/spec_decode.py)."""
+        if row.params.seed is None:
+            return None
+        return torch.Generator().manual_seed(hash((row.params.seed, position)) & _SEED_MASK)

@@ -76,6 +76,8 @@ class OutputState:
             num_output_tokens=request.num_output_tokens,
             num_cached_tokens=max(request.num_cached_tokens, 0),
             num_transferred_tokens=request.num_transferred_tokens,
+            num_draft_tokens=request.num_draft_tokens,
+            num_accepted_tokens=request.num_accepted_tokens,
             queue_time_s=None if scheduled is None else scheduled - request.arrival_time,
             time_to_first_token_s=(
                 None if first_token is None else first_token - request.arrival_time

@@ -63,6 +63,12 @@ class Request:
         # Tokens sampled by a step still in flight, not yet appended: a scheduler that runs
         # ahead schedules the next position already, its input filled in by the runner.
         self.num_pending_samples = 0
+        # Speculative decoding (worker/spec_decode.py): tokens proposed for the next step to
+        # verify (DRAFTED_BY_MODEL where the runner's draft model fills them in), and how many
+        # drafts were verified and accepted so far.
+        self.draft_token_ids: list[int] = []
+        self.num_draft_tokens = 0
+        self.num_accepted_tokens = 0
         self.status = RequestStatus.WAITING
         self.stop_reason: str | int | None = None
         # A sequence of a group (n > 1, or beam search; worker/sequence_groups.py): the group's

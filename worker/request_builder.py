@@ -32,7 +32,12 @@ def max_model_len(config: EngineConfig, model_config: ModelConfig) -> int:
 
 def num_kv_blocks(config: EngineConfig, model_config: ModelConfig) -> int:
     """KV blocks per replica: ``num_kv_blocks`` if set, else what ``kv_cache_bytes`` holds."""
-    per_block = model_config.kv_bytes_per_block(config.parallel, config.block_size)
+    per_block = model_config.kv_bytes_per_block(
+        config.parallel, config.block_size, config.kv_cache_dtype
+    )
+    if config.draft_model is not None:  # the draft's cache follows the same block tables
+        draft = ModelConfig.from_dir(config.draft_model, model_config.dtype)
+        per_block += draft.kv_bytes_per_block(config.parallel, config.block_size)
     return config.num_kv_blocks or max(1, config.kv_cache_bytes // per_block)
 
 

@@ -16,6 +16,11 @@ class SampledToken:
     logprobs: TokenLogprobs | None
 
 
+# What a step samples for one sampling row: a token, or with drafts to verify the accepted
+# drafts and one more (worker/spec_decode.py).
+RowTokens = list[SampledToken]
+
+
 class Sampler:
     """Greedy rows take the argmax; the others are filtered (temperature, top-k, top-p, min-p)
     and sampled by the exponential race ``argmax(p / q), q ~ Exp(1)``. A seeded request draws its

@@ -47,6 +47,7 @@ class SamplingParams:
     beam_width: int = 1
     length_penalty: float = 1.0
     early_stopping: bool = False
+    speculate: bool = True  # verify drafts when the engine decodes speculatively
 
     @property
     def greedy(self) -> bool:

@@ -25,7 +25,8 @@ class SchedulerConfig:
 @dataclass(slots=True)
 class ScheduledRequest:
     """``num_new_tokens`` tokens of ``request`` starting at ``start``. ``samples`` is true when
-    this chunk reaches the request's last token, so its logits pick the next one.
+    this chunk reaches the request's last token, so its logits pick the next one. The last
+    ``num_drafts`` of the tokens are drafts (``request.draft_token_ids``) for the step to verify.
 
     ``epoch`` is the request's preemption count when the chunk was scheduled. With several
     batches in flight, a request can be preempted (its blocks freed, its progress reset), even
@@ -43,6 +44,7 @@ class ScheduledRequest:
     num_new_tokens: int
     samples: bool
     epoch: int
+    num_drafts: int = 0
 
     @property
     def is_current(self) -> bool:
@@ -134,6 +136,10 @@ class Scheduler:
                 index += 1
                 continue
             while not self.kv.allocate_slots(request, num_new):
+                if request.draft_token_ids:  # drafts are optional: drop them before preempting
+                    request.draft_token_ids = []
+                    num_new = min(num_new, request.num_tokens - request.num_computed_tokens)
+                    continue
                 victims = self._group_of(self._victim())
                 # A victim's sibling may be in this batch already: take it out again, so that
                 # the step writes nothing into the blocks freed now.
@@ -181,11 +187,12 @@ class Scheduler:
         self.kv.free(request)
 
     def _num_known(self, request: Request) -> int:
-        """Tokens whose position may be computed now: those appended, and with ``run_ahead``
-        the one a step in flight samples, unless that sample may end the request."""
+        """Tokens whose position may be computed now: those appended and the drafts proposed
+        after them, and with ``run_ahead`` the one a step in flight samples, unless that sample
+        may end the request."""
         pending = request.num_pending_samples
         if not pending:
-            return request.num_tokens
+            return request.num_tokens + len(request.draft_token_ids)
         max_len = self.config.max_model_len
         ends = request.num_output_tokens + pending >= request.params.max_tokens or (
             max_len is not None and request.num_tokens + pending >= max_len
@@ -196,12 +203,16 @@ class Scheduler:
         start = request.num_computed_tokens
         # Advance now, so a chunk is never scheduled twice even before its step completes.
         request.num_computed_tokens += num_new
-        samples = request.num_computed_tokens == request.num_tokens + request.num_pending_samples
+        known = request.num_tokens + request.num_pending_samples
+        samples = request.num_computed_tokens >= known
+        num_drafts = max(0, request.num_computed_tokens - known)
         # A group's sequences never run ahead: what each does next (fork, drop, continue)
         # is decided once the whole group's step is back.
         if samples and self.config.run_ahead and request.group_id is None:
             request.num_pending_samples += 1
-        return ScheduledRequest(request, start, num_new, samples, request.num_preemptions)
+        return ScheduledRequest(
+            request, start, num_new, samples, request.num_preemptions, num_drafts
+        )
 
     def _next_waiting(self) -> int:
         """The position in ``waiting`` of the request to admit next: the most important
@@ -233,6 +244,7 @@ class Scheduler:
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_pending_samples = 0  # their steps' results are stale now
+        request.draft_token_ids = []
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(request)

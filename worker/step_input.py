@@ -11,11 +11,14 @@ from worker.scheduler import SchedulerOutput
 
 @dataclass(frozen=True, slots=True)
 class SamplingRow:
-    """A request whose next token this step picks, at ``position`` of its sequence."""
+    """A request whose next token this step picks, at ``position`` of its sequence; with
+    ``num_drafts`` drafts to verify (worker/spec_decode.py), its last ``num_drafts + 1`` input
+    rows are sampled, at ``position``, ``position + 1``, ..."""
 
     request_id: str
     params: SamplingParams
     position: int
+    num_drafts: int = 0
 
 
 @dataclass(slots=True)
@@ -30,7 +33,7 @@ class StepInput:
     query_lens: list[int]
     seq_lens: list[int]
     block_table: list[list[int]]  # padded to one width with block 0
-    logits_rows: list[int]
+    logits_rows: list[int]  # a row's, or with drafts each of its verified positions'
     sampling: list[SamplingRow]
     # Rows whose input is the token the previous step sampled for this request, not known
     # when the step was built (a scheduler running ahead); the runner fills them in.
@@ -38,6 +41,10 @@ class StepInput:
     # (source, destination) block ids each rank copies in its cache before the forward pass:
     # copy-on-write of a block that forked sequences share (KVCacheManager.fork).
     block_copies: list[tuple[int, int]] = field(default_factory=list)
+    # Per sequence, how many of its last input rows are drafts to verify, and the token before
+    # its first input (a draft model recomputes it: worker/draft_model.py); empty when none is.
+    draft_counts: list[int] = field(default_factory=list)
+    draft_previous: list[int] = field(default_factory=list)
 
 
 def build_step_input(
@@ -61,7 +68,9 @@ def build_step_input(
         start, end = item.start, item.start + item.num_new_tokens
         block_ids = block_ids_of(request.request_id)
         input_ids += request.all_token_ids[start:end]
-        if end > request.num_tokens:  # only ever the last one: a sample still in flight
+        if item.num_drafts:
+            input_ids += request.draft_token_ids[: item.num_drafts]
+        elif end > request.num_tokens:  # only ever the last one: a sample still in flight
             pending.append((len(input_ids), request.request_id))
             input_ids.append(-1)
         positions += range(start, end)
@@ -73,8 +82,13 @@ def build_step_input(
         seq_lens.append(end)
         tables.append(block_ids)
         if item.samples:
-            logits_rows.append(len(input_ids) - 1)
-            sampling.append(SamplingRow(request.request_id, request.params, end))
+            first = len(input_ids) - 1 - item.num_drafts
+            logits_rows += range(first, len(input_ids))
+            position = end - item.num_drafts
+            sampling.append(
+                SamplingRow(request.request_id, request.params, position, item.num_drafts)
+            )
+    drafts = [item.num_drafts for item in batch.scheduled]
     width = max(len(t) for t in tables)
     return StepInput(
         input_ids=input_ids,
@@ -88,4 +102,8 @@ def build_step_input(
         sampling=sampling,
         pending_inputs=pending,
         block_copies=block_copies or [],
+        draft_counts=drafts if any(drafts) else [],
+        draft_previous=[s.request.all_token_ids[s.start - 1] for s in batch.scheduled]
+        if any(drafts)
+        else [],
     )

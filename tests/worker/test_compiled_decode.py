@@ -82,13 +82,15 @@ def test_a_restart_finds_the_compiled_code_in_inductors_cache(demo_model_dir: Pa
 
 @on_cpu
 def test_a_failed_compilation_is_logged_and_the_engine_serves_eagerly(
-    demo_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    demo_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     torch._dynamo.reset()
-    # A C++ compiler that fails, and no cache to find compiled code in instead.
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "false"))
-    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
-    with caplog.at_level(logging.WARNING, logger="worker.engine"):
+    # A C++ compiler that fails, and no cache to find compiled code in instead. Through torch's
+    # own config patching: monkeypatching the inductor alias of force_disable_caches leaves the
+    # alias broken for every later compilation in the process.
+    failing = torch._inductor.config.patch({"cpp.cxx": (None, "false")})
+    uncached = torch.compiler.config.patch(force_disable_caches=True)
+    with failing, uncached, caplog.at_level(logging.WARNING, logger="worker.engine"):
         engine = make_engine(demo_model_dir, torch_compile=True)
     torch._dynamo.reset()  # nothing half-compiled is left for later tests
     assert engine.executor.runner.compiled is None  # type: ignore[attr-defined]

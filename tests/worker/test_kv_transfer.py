@@ -380,3 +380,50 @@ def test_a_failed_export_ends_the_prefill_without_a_handle_and_holds_nothing(
     engine.check_integrity()
     assert engine.kv.num_leased_blocks == 0
     assert engine.kv.pool.num_free == engine.num_blocks
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("kv_cache_dtype", ["int8", "fp8"])
+def test_quantized_blocks_travel_with_their_scales(
+    new_engine: Factory, transport: str, kv_cache_dtype: str
+) -> None:
+    """A quantized cache's scales sit inside its blocks' bytes (kernels/kv_quant.py): received
+    blocks equal the source's byte for byte, and the decode side's output equals a colocated
+    quantized engine's."""
+    colocated = new_engine(kv_cache_dtype=kv_cache_dtype)
+    prefill = new_engine(kv_transport=transport, kv_cache_dtype=kv_cache_dtype)
+    decode = new_engine(kv_transport=transport, kv_cache_dtype=kv_cache_dtype)
+    prompt = PROMPTS["long"]
+
+    async def run() -> tuple[list[int], list[int], list[bytes], list[bytes]]:
+        reference = colocated.requests.build("c", prompt, GREEDY, None)
+        expected = _tokens(await _collect(colocated, reference))
+        handle = await _prefill(prefill, "p", prompt)
+        assert handle.layout.kv_dtype == kv_cache_dtype
+        outputs = await _collect(decode, _decode_request(decode, "d", prompt, handle))
+        ids = prefill.requests.tokenizer.encode(prompt)
+        count = (len(ids) - 1) // prefill.config.block_size
+        read = functools.partial(_full_prompt_blocks, prompt=ids, count=count)
+        source, received = await prefill.call(read), await decode.call(read)
+        await prefill.call(functools.partial(_release, handle.request_id))
+        await _assert_whole(prefill, decode)
+        return expected, _tokens(outputs), source, received
+
+    expected, got, source, received = asyncio.run(run())
+    assert len(source) >= 4 and received == source
+    assert got == expected
+
+
+def test_a_quantized_prefill_is_refused_by_an_unquantized_decode_naming_kv_dtype(
+    new_engine: Factory,
+) -> None:
+    prefill = new_engine(kv_transport="packed", kv_cache_dtype="int8")
+    decode = new_engine(kv_transport="packed")
+
+    async def run() -> None:
+        handle = await _prefill(prefill, "p", PROMPTS["long"])
+        await _collect(decode, _decode_request(decode, "d", PROMPTS["long"], handle))
+
+    with pytest.raises(KVLayoutMismatchError, match=r"kv_dtype: float32 vs int8"):
+        asyncio.run(run())
+    asyncio.run(_assert_whole(decode))

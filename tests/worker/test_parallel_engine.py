@@ -146,3 +146,53 @@ def test_killed_rank_fails_requests_within_seconds(local_ray: None, demo_model_d
         assert engine.kv.pool.num_free == engine.num_blocks
     finally:
         engine.shutdown()
+
+
+def test_prompt_lookup_on_a_tp2_pp2_replica_matches_single_rank_without_it(
+    local_ray: None, demo_model_dir: Path
+) -> None:
+    """The last stage's first rank verifies every row's drafts; two batches in flight."""
+    prompts: dict[str, list[int] | str] = {
+        f"loop{i}": list(range(600 + 9 * i, 630 + 9 * i)) * 3 for i in range(3)
+    }
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    expected = run_all(make_engine(demo_model_dir), prompts, params)
+    engine = make_engine(
+        demo_model_dir,
+        tensor_parallel_size=2,
+        pipeline_parallel_size=2,
+        speculative_method="prompt_lookup",
+    )
+    try:
+        got = run_all(engine, prompts, params)
+        for rid in prompts:
+            assert tokens_of(got[rid]) == tokens_of(expected[rid]), rid
+        assert sum(outputs[-1].num_draft_tokens for outputs in got.values()) > 0
+    finally:
+        engine.shutdown()
+
+
+def test_a_quantized_cache_on_a_tp2_pp2_replica_matches_single_rank(
+    local_ray: None, demo_model_dir: Path
+) -> None:
+    # Scales are per token and KV head, so sharding heads over ranks quantizes the same rows.
+    expected = _generate(
+        make_engine(demo_model_dir, max_num_batched_tokens=24, kv_cache_dtype="int8")
+    )
+    engine = make_engine(
+        demo_model_dir,
+        max_num_batched_tokens=24,
+        tensor_parallel_size=2,
+        pipeline_parallel_size=2,
+        kv_cache_dtype="int8",
+    )
+    try:
+        got = _generate(engine)
+        for rid, (tokens, logprobs) in expected.items():
+            assert got[rid][0] == tokens, rid
+            torch.testing.assert_close(
+                torch.tensor(got[rid][1]), torch.tensor(logprobs), atol=2e-4, rtol=0
+            )
+        engine.check_integrity()
+    finally:
+        engine.shutdown()

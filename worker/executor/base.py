@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from worker.kv_transfer import KVSource
-from worker.sampler import SampledToken
+from worker.sampler import RowTokens
 from worker.step_input import StepInput
 
 
@@ -23,7 +23,7 @@ class Executor(ABC):
     def submit(self, step: StepInput) -> None: ...
 
     @abstractmethod
-    def receive(self) -> list[SampledToken]:
+    def receive(self) -> list[RowTokens]:
         """The sampled tokens of the oldest submitted step; raises WorkerFailedError if a rank
         died or failed."""
 

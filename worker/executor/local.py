@@ -13,7 +13,7 @@ from worker.executor.base import Executor
 from worker.kv_transfer import KVSource
 from worker.kv_transfer.transport import KVTransferError, KVTransport, make_transport
 from worker.model_runner import ModelRunner
-from worker.sampler import SampledToken
+from worker.sampler import RowTokens
 from worker.step_input import StepInput
 
 
@@ -61,14 +61,14 @@ class LocalExecutor(InProcessExecutor):
 
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner
-        self._done: deque[list[SampledToken]] = deque()
+        self._done: deque[list[RowTokens]] = deque()
 
     def submit(self, step: StepInput) -> None:
         sampled = self.runner.execute(step)
         assert sampled is not None, "a single rank always samples"
         self._done.append(sampled)
 
-    def receive(self) -> list[SampledToken]:
+    def receive(self) -> list[RowTokens]:
         return self._done.popleft()
 
     def shutdown(self) -> None:
@@ -94,7 +94,7 @@ class OverlappingExecutor(InProcessExecutor):
         self.runner = runner
         self.step_timeout_s = step_timeout_s
         self._steps: queue.SimpleQueue[StepInput | None] = queue.SimpleQueue()
-        self._results: queue.SimpleQueue[list[SampledToken] | BaseException] = queue.SimpleQueue()
+        self._results: queue.SimpleQueue[list[RowTokens] | BaseException] = queue.SimpleQueue()
         # The thread holds the runner only weakly, so an engine that is dropped without a
         # shutdown is still collected (and __del__ stops the thread).
         self._thread = threading.Thread(
@@ -108,7 +108,7 @@ class OverlappingExecutor(InProcessExecutor):
     def submit(self, step: StepInput) -> None:
         self._steps.put(step)
 
-    def receive(self) -> list[SampledToken]:
+    def receive(self) -> list[RowTokens]:
         """The oldest step's tokens; re-raises what running it raised, and raises
         WorkerFailedError if it has not finished within ``step_timeout_s``."""
         try:
@@ -133,7 +133,7 @@ class OverlappingExecutor(InProcessExecutor):
 def _run_steps(
     runner_ref: weakref.ref[ModelRunner],
     steps: queue.SimpleQueue[StepInput | None],
-    results: queue.SimpleQueue[list[SampledToken] | BaseException],
+    results: queue.SimpleQueue[list[RowTokens] | BaseException],
 ) -> None:
     while (step := steps.get()) is not None:
         runner = runner_ref()

@@ -35,6 +35,8 @@ class RankWorker:
         block_size: int,
         load_format: str = "safetensors",
         seed: int = 0,
+        kv_cache_dtype: str = "auto",
+        quantization: str | None = None,
     ) -> None:
         self.rank = rank
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -49,9 +51,15 @@ class RankWorker:
         self.state = init_parallel(rank, parallel, store, "nccl" if device == "cuda" else "gloo")
         config = ModelConfig.from_dir(Path(model_dir), dtype)
         model = load_model(
-            Path(model_dir), config, self.state, device, load_format=load_format, seed=seed
+            Path(model_dir),
+            config,
+            self.state,
+            device,
+            load_format=load_format,
+            seed=seed,
+            quantization=quantization,
         )
-        self.runner = ModelRunner(model, config, num_blocks, block_size, self.state)
+        self.runner = ModelRunner(model, config, num_blocks, block_size, self.state, kv_cache_dtype)
 
     def pid(self) -> int:
         return os.getpid()

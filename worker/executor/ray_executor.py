@@ -22,7 +22,7 @@ from worker.executor.kv_commands import Export, Fetch, KVCommand, KVReply, OpenT
 from worker.executor.rank_worker import RankWorker
 from worker.kv_transfer import KVSource
 from worker.kv_transfer.transport import KVTransferError
-from worker.sampler import SampledToken
+from worker.sampler import RowTokens
 from worker.step_input import StepInput
 
 _START_TIMEOUT_S = 300.0
@@ -76,6 +76,8 @@ class RayExecutor(Executor):
                     config.block_size,
                     config.load_format,
                     config.seed,
+                    config.kv_cache_dtype,
+                    config.quantization,
                 )
             )
         control = self._control
@@ -90,7 +92,7 @@ class RayExecutor(Executor):
     def submit(self, step: StepInput) -> None:
         self._control.broadcast(step)
 
-    def receive(self) -> list[SampledToken]:
+    def receive(self) -> list[RowTokens]:
         if self._early:
             sampled, execute_s = self._early.popleft()
         else:

@@ -87,7 +87,7 @@ def kv_layout_of(config: EngineConfig, model: ModelConfig) -> KVLayout:
     return KVLayout(
         model=model_digest(config.model.name, (config.model / "config.json").read_bytes()),
         dtype=model.dtype,
-        kv_dtype=model.dtype,
+        kv_dtype=model.dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype,
         block_size=config.block_size,
         num_layers=model.num_hidden_layers,
         num_kv_heads=model.num_key_value_heads,

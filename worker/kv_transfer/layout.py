@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 
 from worker.errors import KVFleetError
+from worker.model_config import kv_slot_bytes
 
 
 class KVLayoutMismatchError(KVFleetError):
@@ -18,7 +19,8 @@ class KVLayoutMismatchError(KVFleetError):
 class KVLayout:
     """Everything that decides a KV block's bytes. ``model`` is a digest of the checkpoint's
     config.json and name (blocks computed by other weights are garbage however they are
-    shaped); ``kv_heads_per_rank`` is what each tensor-parallel rank holds."""
+    shaped); ``kv_dtype`` is ``dtype`` or a quantized format ("int8", "fp8");
+    ``kv_heads_per_rank`` is what each tensor-parallel rank holds."""
 
     model: str
     dtype: str
@@ -38,8 +40,11 @@ class KVLayout:
 
     @property
     def block_bytes(self) -> int:
-        """One block's keys or values in one layer of one rank."""
-        return self.block_size * self.kv_heads_per_rank * self.head_dim * _ITEMSIZE[self.kv_dtype]
+        """One block's keys or values in one layer of one rank (a quantized block's scales
+        included: they sit inside its bytes, kernels/kv_quant.py)."""
+        kv_cache_dtype = "auto" if self.kv_dtype == self.dtype else self.kv_dtype
+        per_slot = kv_slot_bytes(self.head_dim, self.dtype, kv_cache_dtype)
+        return self.block_size * self.kv_heads_per_rank * per_slot
 
     def differences(self, other: KVLayout) -> list[str]:
         """Each field that differs, as "name: ours vs theirs"."""
@@ -53,9 +58,6 @@ class KVLayout:
             raise KVLayoutMismatchError(
                 "the prefill replica's KV layout differs from this one's: " + "; ".join(differences)
             )
-
-
-_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def model_digest(name: str, config_json: bytes) -> str:

@@ -87,8 +87,8 @@ class NixlTransport(KVTransport):
         index = torch.tensor(list(block_ids), dtype=torch.long, device=self.staging.device)
         for layer, cache in enumerate(self.kv_caches):
             start = offset + layer * layer_bytes
-            out = self._view(start, count, cache)
-            torch.index_select(cache, 1, index, out=out)
+            out = self._view(start, count, cache).view(torch.uint8)
+            torch.index_select(cache.view(torch.uint8), 1, index, out=out)  # bytes: any dtype
         return dataclasses.replace(self._source, staged=(offset, tuple(block_ids)))
 
     def _view(self, start: int, count: int, cache: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,9 @@ class NixlTransport(KVTransport):
             dst = torch.tensor(list(dst_block_ids), dtype=torch.long, device=self.staging.device)
             for layer, cache in enumerate(self.kv_caches):
                 start = local_offset + layer * 2 * count * size
-                cache.index_copy_(1, dst, self._view(start, count, cache))
+                # As bytes: index_copy_ has no float8 kernel on a CPU, and a copy is a copy.
+                blocks = self._view(start, count, cache).view(torch.uint8)
+                cache.view(torch.uint8).index_copy_(1, dst, blocks)
         finally:
             self.arena.free(_READING)
 

@@ -9,6 +9,7 @@ from kernels import ops
 from kernels.attention_metadata import AttentionMetadata
 from worker.model.linear import QKVParallelLinear, RowParallelLinear
 from worker.model.norm import RMSNorm
+from worker.model.quantization import WeightQuantization
 from worker.model.rotary import RotaryEmbedding
 from worker.model_config import ModelConfig
 from worker.parallel.state import ParallelState
@@ -22,7 +23,11 @@ class Attention(nn.Module):
     projection's all-reduce sums the heads' contributions."""
 
     def __init__(
-        self, config: ModelConfig, rotary_emb: RotaryEmbedding, parallel: ParallelState
+        self,
+        config: ModelConfig,
+        rotary_emb: RotaryEmbedding,
+        parallel: ParallelState,
+        quantization: WeightQuantization | None = None,
     ) -> None:
         super().__init__()
         self.head_dim = config.head_dim
@@ -34,6 +39,7 @@ class Attention(nn.Module):
             config.num_key_value_heads,
             bias=config.qkv_bias,
             parallel=parallel,
+            quantization=quantization,
         )
         # This rank's heads: a slice of the query heads and their KV heads.
         self.num_heads = self.qkv_proj.num_heads
@@ -43,6 +49,7 @@ class Attention(nn.Module):
             config.hidden_size,
             bias=config.o_proj_bias,
             parallel=parallel,
+            quantization=quantization,
         )
         self.q_norm: RMSNorm | None = None
         self.k_norm: RMSNorm | None = None

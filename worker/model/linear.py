@@ -16,6 +16,9 @@ the one their query heads attend with (tp = 4, 8 query heads, 2 KV heads):
     tp_rank        0      1      2      3
     q heads       0 1    2 3    4 5    6 7
     kv head        0      0      1      1      kv head = tp_rank // (tp / kv_heads)
+
+With a WeightQuantization the weight is int8 or fp8 with a float32 ``weight_scale`` per output
+row (worker/model/quantization.py); the scales shard with the weight's rows.
 """
 
 from __future__ import annotations
@@ -27,13 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import ops
 from worker.errors import ModelLoadError
+from worker.model.quantization import WeightQuantization
 from worker.model.weights import (
     CheckpointTensor,
     ShardId,
     copy_weight,
     default_weight_loader,
     expect_shape,
+    is_computed,
+    mark_computed,
     set_weight_loader,
 )
 from worker.parallel.comm import tp_all_reduce
@@ -51,20 +58,63 @@ class RowShard:
     length: int
 
 
-class _RowShardedLinear(nn.Module):
-    """``y = x W^T (+ b)`` where W holds, for each checkpoint shard id, the rows of ``shards``;
-    parameters start uninitialised for the loader to fill."""
+class QuantizableLinear(nn.Module):
+    """Holds ``weight`` [out, in], in the model's dtype or, with ``quantization``, quantized
+    with a float32 ``weight_scale`` [out]; parameters start uninitialised for the loader."""
 
-    def __init__(self, input_size: int, shards: dict[ShardId, RowShard], bias: bool) -> None:
+    def __init__(
+        self, output_size: int, input_size: int, quantization: WeightQuantization | None
+    ) -> None:
         super().__init__()
-        self.shards = shards
+        self.quantization = quantization
+        dtype = None if quantization is None else quantization.dtype
+        self.weight = nn.Parameter(
+            torch.empty(output_size, input_size, dtype=dtype), requires_grad=False
+        )
+        self.weight_scale: nn.Parameter | None = None
+        if quantization is not None:
+            self.weight_scale = nn.Parameter(
+                torch.empty(output_size, dtype=torch.float32), requires_grad=False
+            )
+            if not quantization.prequantized:
+                mark_computed(self.weight_scale)
+
+    def fill_weight_rows(self, start: int, block: CheckpointTensor) -> None:
+        """Rows ``[start, start + len(block))`` of the weight (and, quantized as it loads,
+        their scales) from a checkpoint block."""
+        rows = self.weight.data.narrow(0, start, block.shape[0])
+        if self.quantization is None or self.weight_scale is None:
+            copy_weight(rows, block)
+            return
+        scales = self.weight_scale.data.narrow(0, start, block.shape[0])
+        self.quantization.fill(rows, scales, block)
+
+    def matmul(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.weight_scale is None:
+            return F.linear(x, self.weight, bias)
+        return ops.quant_linear(x, self.weight, self.weight_scale, bias)
+
+
+class _RowShardedLinear(QuantizableLinear):
+    """``y = x W^T (+ b)`` where W (and its scales) holds, for each checkpoint shard id, the
+    rows of ``shards``."""
+
+    def __init__(
+        self,
+        input_size: int,
+        shards: dict[ShardId, RowShard],
+        bias: bool,
+        quantization: WeightQuantization | None,
+    ) -> None:
         output_size = sum(shard.length for shard in shards.values())
-        self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
+        super().__init__(output_size, input_size, quantization)
+        self.shards = shards
         self.bias: nn.Parameter | None = None
         if bias:
             self.bias = nn.Parameter(torch.empty(output_size), requires_grad=False)
         for param in self.parameters():
-            set_weight_loader(param, self.weight_loader)
+            if not is_computed(param):
+                set_weight_loader(param, self.weight_loader)
 
     def weight_loader(
         self, param: nn.Parameter, loaded: CheckpointTensor, shard_id: ShardId
@@ -75,12 +125,14 @@ class _RowShardedLinear(nn.Module):
                 f"no shard {shard_id!r} in a layer with shards {list(self.shards)}"
             )
         expect_shape(loaded, (shard.total, *param.shape[1:]))
-        copy_weight(
-            param.data.narrow(0, shard.dst, shard.length), loaded.narrow(0, shard.src, shard.length)
-        )
+        block = loaded.narrow(0, shard.src, shard.length)
+        if param is self.weight:
+            self.fill_weight_rows(shard.dst, block)
+        else:
+            copy_weight(param.data.narrow(0, shard.dst, shard.length), block)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self.matmul(x, self.bias)
 
 
 class ColumnParallelLinear(_RowShardedLinear):
@@ -93,7 +145,12 @@ class ColumnParallelLinear(_RowShardedLinear):
     """
 
     def __init__(
-        self, input_size: int, output_sizes: Sequence[int], bias: bool, parallel: ParallelState
+        self,
+        input_size: int,
+        output_sizes: Sequence[int],
+        bias: bool,
+        parallel: ParallelState,
+        quantization: WeightQuantization | None = None,
     ) -> None:
         tp, rank = parallel.tp_size, parallel.tp_rank
         shards: dict[ShardId, RowShard] = {}
@@ -102,7 +159,7 @@ class ColumnParallelLinear(_RowShardedLinear):
             local = size // tp
             shards[None if len(output_sizes) == 1 else i] = RowShard(size, rank * local, dst, local)
             dst += local
-        super().__init__(input_size, shards, bias)
+        super().__init__(input_size, shards, bias, quantization)
 
 
 class QKVParallelLinear(_RowShardedLinear):
@@ -118,6 +175,7 @@ class QKVParallelLinear(_RowShardedLinear):
         num_kv_heads: int,
         bias: bool,
         parallel: ParallelState,
+        quantization: WeightQuantization | None = None,
     ) -> None:
         tp, rank = parallel.tp_size, parallel.tp_rank
         self.num_heads = num_heads // tp
@@ -136,22 +194,27 @@ class QKVParallelLinear(_RowShardedLinear):
                 "v": RowShard(total_kv, kv_src, self.q_size + self.kv_size, self.kv_size),
             },
             bias,
+            quantization,
         )
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(QuantizableLinear):
     """Input features split evenly across TP ranks: each rank multiplies its slice of the input
     (the output of a column-parallel layer) and the partial sums are all-reduced. The bias is
-    whole on every rank and added once, after the sum."""
+    whole on every rank and added once, after the sum; so are the scales of a pre-quantized
+    checkpoint, which span whole rows."""
 
     def __init__(
-        self, input_size: int, output_size: int, bias: bool, parallel: ParallelState
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool,
+        parallel: ParallelState,
+        quantization: WeightQuantization | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(output_size, input_size // parallel.tp_size, quantization)
         self.parallel = parallel
         self.input_size = input_size
-        local = input_size // parallel.tp_size
-        self.weight = nn.Parameter(torch.empty(output_size, local), requires_grad=False)
         set_weight_loader(self.weight, self.weight_loader)
         self.bias: nn.Parameter | None = None
         if bias:
@@ -165,10 +228,10 @@ class RowParallelLinear(nn.Module):
             raise ModelLoadError(f"parameter stored whole has no shard {shard_id!r}")
         expect_shape(loaded, (param.shape[0], self.input_size))
         local = param.shape[1]
-        copy_weight(param.data, loaded.narrow(1, self.parallel.tp_rank * local, local))
+        self.fill_weight_rows(0, loaded.narrow(1, self.parallel.tp_rank * local, local))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.parallel.tp_size == 1:
-            return F.linear(x, self.weight, self.bias)
-        y = tp_all_reduce(F.linear(x, self.weight), self.parallel)
+            return self.matmul(x, self.bias)
+        y = tp_all_reduce(self.matmul(x, None), self.parallel)
         return y if self.bias is None else y + self.bias

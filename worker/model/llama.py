@@ -14,6 +14,7 @@ from worker.model.attention import Attention
 from worker.model.embedding import ParallelLMHead, VocabParallelEmbedding
 from worker.model.linear import ColumnParallelLinear, RowParallelLinear
 from worker.model.norm import RMSNorm
+from worker.model.quantization import WeightQuantization
 from worker.model.rotary import RotaryEmbedding
 from worker.model_config import ModelConfig
 from worker.parallel.state import ParallelState
@@ -33,13 +34,20 @@ class PPMissingLayer(nn.Module):
 class LlamaMLP(nn.Module):
     """Gated MLP: ``down(silu(gate(x)) * up(x))``, with gate and up in one matmul."""
 
-    def __init__(self, config: ModelConfig, parallel: ParallelState) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        parallel: ParallelState,
+        quantization: WeightQuantization | None = None,
+    ) -> None:
         super().__init__()
-        size = config.intermediate_size
+        size, hidden = config.intermediate_size, config.hidden_size
         self.gate_up_proj = ColumnParallelLinear(
-            config.hidden_size, [size, size], bias=False, parallel=parallel
+            hidden, [size, size], bias=False, parallel=parallel, quantization=quantization
         )
-        self.down_proj = RowParallelLinear(size, config.hidden_size, bias=False, parallel=parallel)
+        self.down_proj = RowParallelLinear(
+            size, hidden, bias=False, parallel=parallel, quantization=quantization
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(ops.silu_and_mul(self.gate_up_proj(x)))
@@ -50,13 +58,17 @@ class LlamaDecoderLayer(nn.Module):
     residual add fuses with the norm that follows it."""
 
     def __init__(
-        self, config: ModelConfig, rotary_emb: RotaryEmbedding, parallel: ParallelState
+        self,
+        config: ModelConfig,
+        rotary_emb: RotaryEmbedding,
+        parallel: ParallelState,
+        quantization: WeightQuantization | None = None,
     ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, rotary_emb, parallel)
+        self.self_attn = Attention(config, rotary_emb, parallel, quantization)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = LlamaMLP(config, parallel)
+        self.mlp = LlamaMLP(config, parallel, quantization)
 
     def forward(
         self,
@@ -79,7 +91,12 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     """Embedding (first stage), this stage's decoder layers, final norm (last stage)."""
 
-    def __init__(self, config: ModelConfig, parallel: ParallelState) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        parallel: ParallelState,
+        quantization: WeightQuantization | None = None,
+    ) -> None:
         super().__init__()
         self.parallel = parallel
         self.layer_range = parallel.config.stage_layers(parallel.pp_rank, config.num_hidden_layers)
@@ -92,7 +109,7 @@ class LlamaModel(nn.Module):
                 config.vocab_size, config.hidden_size, parallel
             )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, rotary_emb, parallel)
+            LlamaDecoderLayer(config, rotary_emb, parallel, quantization)
             if i in self.layer_range
             else PPMissingLayer()
             for i in range(config.num_hidden_layers)
@@ -140,6 +157,8 @@ class LlamaForCausalLM(nn.Module):
     ``forward`` returns, on the last stage, the final hidden state of every token; the caller
     picks the rows it samples from (the last query of each sequence) and passes only those to
     ``compute_logits``. Other stages return the ``(hidden, residual)`` to send to the next.
+    With ``quantization`` the decoder's linear layers hold int8 or fp8 weights; the embedding
+    and the LM head stay in ``config.dtype``.
     """
 
     # Checkpoint module name -> (our module name, shard id) for tensors we pack together.
@@ -151,13 +170,19 @@ class LlamaForCausalLM(nn.Module):
         "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, config: ModelConfig, parallel: ParallelState | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        parallel: ParallelState | None = None,
+        quantization: WeightQuantization | None = None,
+    ) -> None:
         super().__init__()
         parallel = parallel or ParallelState.single()
         parallel.config.validate(config)
         self.config = config
         self.parallel = parallel
-        self.model = LlamaModel(config, parallel)
+        self.quantization = quantization
+        self.model = LlamaModel(config, parallel, quantization)
         self.lm_head: ParallelLMHead | PPMissingLayer = PPMissingLayer()
         if parallel.is_last_stage:
             head = ParallelLMHead(config.vocab_size, config.hidden_size, parallel)

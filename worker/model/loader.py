@@ -1,5 +1,6 @@
-"""Building one rank's shard of a model in its dtype and filling it from a safetensors
-checkpoint, reading only the blocks that rank keeps (or with random weights: "dummy")."""
+"""Building one rank's shard of a model in its dtype (its linear layers perhaps quantized) and
+filling it from a safetensors checkpoint, reading only the blocks that rank keeps (or with
+random weights: "dummy")."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from worker.errors import ModelLoadError
 from worker.model.checkpoint import checkpoint_files, iter_tensors
 from worker.model.dummy import fill_dummy_weights
 from worker.model.llama import LlamaForCausalLM, PPMissingLayer
-from worker.model.weights import ShardId, get_weight_loader
+from worker.model.quantization import check_device_supports, resolve_quantization
+from worker.model.weights import ShardId, get_weight_loader, is_computed
 from worker.model_config import LOAD_FORMATS, ModelConfig
 from worker.parallel.state import ParallelState
 
@@ -29,21 +31,28 @@ def load_model(
     device: torch.device | str = "cpu",
     load_format: str = "safetensors",
     seed: int = 0,
+    quantization: str | None = None,
 ) -> LlamaForCausalLM:
     """Build this rank's shard of the model (the whole model when ``parallel`` is None, i.e.
     tp = pp = 1) directly in ``config.dtype`` on ``device`` and load its weights from
     ``model_dir`` ("safetensors"), or fill them with random values seeded by ``seed`` ("dummy",
-    which reads no weight file); returns it in eval mode with gradients off. Raises
-    ``ModelLoadError`` naming the file and tensor for any missing, unknown, corrupt or mis-shaped
-    weight, and ValueError for an unknown ``load_format`` or if the model cannot be split as
-    ``parallel`` says."""
+    which reads no weight file); returns it in eval mode with gradients off. ``quantization``
+    ("int8", "fp8") quantizes the linear layers' weights as they load; a checkpoint stored
+    quantized (``config.checkpoint_quantization``) loads so with None or the same value.
+    Raises ``ModelLoadError`` naming the file and tensor for any missing, unknown, corrupt,
+    mis-shaped or mis-quantized weight, and ValueError for an unknown ``load_format`` or
+    ``quantization``, fp8 on a GPU without it, or a model that cannot be split as ``parallel``
+    says."""
     if load_format not in LOAD_FORMATS:
         raise ValueError(
             f"load_format must be one of {', '.join(LOAD_FORMATS)}, got {load_format!r}"
         )
     device = torch.device(device)
+    quant = resolve_quantization(quantization, config.checkpoint_quantization)
+    if quant is not None:
+        check_device_supports(quant.weights, device)
     with torch.device(device), _default_dtype(torch_dtype(config.dtype)):
-        model = LlamaForCausalLM(config, parallel)
+        model = LlamaForCausalLM(config, parallel, quant)
     if load_format == "dummy":
         fill_dummy_weights(model, seed)
     else:
@@ -96,7 +105,7 @@ def _targets(
     name: str, model: LlamaForCausalLM, params: dict[str, nn.Parameter]
 ) -> list[tuple[str, ShardId]]:
     """The (parameter name, shard id) pairs a checkpoint tensor is loaded into."""
-    targets = [_param_name(name, model)]
+    targets = [param_name_of(name, model)]
     # A tied head on a last stage that is not the first has its own copy of the table (on a
     # single stage both names are one parameter, which named_parameters lists once).
     if name == EMBEDDING and model.config.tie_word_embeddings and LM_HEAD in params:
@@ -104,7 +113,7 @@ def _targets(
     return targets
 
 
-def _param_name(name: str, model: LlamaForCausalLM) -> tuple[str, ShardId]:
+def param_name_of(name: str, model: LlamaForCausalLM) -> tuple[str, ShardId]:
     """Checkpoint tensor name → (our parameter name, shard id within it)."""
     parts = name.split(".")
     if len(parts) >= 2 and parts[-2] in model.packed_modules_mapping:
@@ -116,12 +125,15 @@ def _param_name(name: str, model: LlamaForCausalLM) -> tuple[str, ShardId]:
 def _expected_checkpoint_names(
     model: LlamaForCausalLM, params: dict[str, nn.Parameter]
 ) -> set[str]:
-    """Every checkpoint tensor this rank needs: a packed parameter needs each of its shards."""
+    """Every checkpoint tensor this rank needs: a packed parameter needs each of its shards;
+    a parameter computed at load time needs none."""
     unpacked: dict[str, list[str]] = {}
     for checkpoint_module, (module, _) in model.packed_modules_mapping.items():
         unpacked.setdefault(module, []).append(checkpoint_module)
     names = set()
-    for param_name in params:
+    for param_name, param in params.items():
+        if is_computed(param):
+            continue
         if param_name == LM_HEAD and model.config.tie_word_embeddings:
             names.add(EMBEDDING)
             continue

@@ -90,3 +90,18 @@ def set_weight_loader(param: nn.Parameter, loader: WeightLoader) -> None:
 def get_weight_loader(param: nn.Parameter) -> WeightLoader:
     loader: WeightLoader = getattr(param, "weight_loader", default_weight_loader)
     return loader
+
+
+def mark_computed(param: nn.Parameter) -> None:
+    """``param`` is written while another parameter loads (the scale of a weight quantized as
+    it loads): no checkpoint tensor is expected for it, and one that is present is refused."""
+    param.computed_at_load = True  # type: ignore[attr-defined]
+    set_weight_loader(param, _refuse_computed)
+
+
+def is_computed(param: nn.Parameter) -> bool:
+    return bool(getattr(param, "computed_at_load", False))
+
+
+def _refuse_computed(param: nn.Parameter, loaded: CheckpointTensor, shard_id: ShardId) -> None:
+    raise ModelLoadError("is computed at load time here, yet the checkpoint holds it")

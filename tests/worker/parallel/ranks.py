@@ -34,11 +34,12 @@ TIMEOUT = datetime.timedelta(seconds=60)
 
 @dataclass(frozen=True)
 class Case:
-    """One layout of one checkpoint."""
+    """One layout of one checkpoint, its linear layers perhaps quantized as they load."""
 
     name: str
     checkpoint: Path
     parallel: ParallelConfig
+    quantization: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ def load_and_generate(
     case: Case, state: ParallelState, prompts: list[list[int]], num_decode_steps: int
 ) -> Generation:
     config = ModelConfig.from_dir(case.checkpoint)
-    model = load_model(case.checkpoint, config, state)
+    model = load_model(case.checkpoint, config, state, quantization=case.quantization)
     return generate(model, state, prompts, num_decode_steps)
 
 
