@@ -30,6 +30,7 @@ class Sampling(TypedDict, total=False):
     beam_width: int
     length_penalty: float
     early_stopping: bool
+    disable_speculation: bool
 
 
 class GenerateStream:

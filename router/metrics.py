@@ -4,8 +4,9 @@ and inference gateways built for vLLM read kvfleet unchanged.
 Per request, measured where the front door sees the stream (both doors, one registry): time to
 first token and end-to-end latency from the backend call, inter-token latency (an output that
 carries k tokens after dt counts k gaps of dt/k), prompt and generated tokens, finished requests
-by reason. Per engine, read from its load report when scraped: running and waiting requests,
-KV cache usage, prefix cache queries and hits (cumulative token counts), and the cache's size.
+by reason, speculative decoding's verified and accepted drafts. Per engine, read from its load
+report when scraped: running and waiting requests, KV cache usage, prefix cache queries and hits
+(cumulative token counts), and the cache's size.
 """
 
 from __future__ import annotations
@@ -75,6 +76,16 @@ class ServingMetrics:
             "Prompt tokens the serving engine found in its prefix cache, per finished request.",
             registry=self.registry,
         )
+        self.draft_tokens = Counter(
+            "vllm:spec_decode_num_draft_tokens",
+            "Speculative decoding: drafts verified, per finished request.",
+            labels, registry=self.registry,
+        )  # fmt: skip
+        self.accepted_tokens = Counter(
+            "vllm:spec_decode_num_accepted_tokens",
+            "Speculative decoding: drafts the target accepted, per finished request.",
+            labels, registry=self.registry,
+        )  # fmt: skip
         self._engines = EngineCollector(model_name)
         self.registry.register(self._engines)
         for collector in collectors:
@@ -108,6 +119,8 @@ class ServingMetrics:
                     e2e.observe(now - start)
                     self.prompt_tokens.labels(model).inc(output.num_prompt_tokens)
                     self.cached_tokens.inc(output.num_cached_tokens)
+                    self.draft_tokens.labels(model).inc(output.num_draft_tokens)
+                    self.accepted_tokens.labels(model).inc(output.num_accepted_tokens)
                     self.finished.labels(model, output.finish_reason or "unknown").inc()
                 yield output
         finally:

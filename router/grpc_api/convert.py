@@ -40,6 +40,7 @@ def sampling_params(proto: pb.SamplingParameters) -> SamplingParams:
             proto.length_penalty if proto.HasField("length_penalty") else d.length_penalty
         ),
         early_stopping=proto.early_stopping,
+        speculate=not proto.disable_speculation,
     )
 
 
@@ -83,6 +84,8 @@ def finished(output: RequestOutput) -> pb.Finished:
             completion_tokens=output.num_output_tokens,
             cached_tokens=output.num_cached_tokens,
             transferred_tokens=output.num_transferred_tokens,
+            draft_tokens=output.num_draft_tokens,
+            accepted_tokens=output.num_accepted_tokens,
         ),
         timings=pb.Timings(
             queue_time_s=output.queue_time_s or 0.0,

@@ -45,6 +45,7 @@ class _Body(BaseModel):
     ignore_eos: bool = False
     cache_salt: str | None = None
     priority: _Int | None = None  # vLLM's extension: lower runs first
+    disable_speculation: bool = False  # kvfleet's: one token per step even where it drafts
     user: str | None = None
     # Defined by OpenAI, not implemented: neutral values only.
     presence_penalty: float | None = None
@@ -75,6 +76,7 @@ class _Body(BaseModel):
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
             n=self.n,
+            speculate=not self.disable_speculation,
         )
 
     @property

@@ -124,16 +124,22 @@ class ResponseBuilder:
 
 def usage(choices: list[ChoiceState], n: int) -> dict[str, Any]:
     """Prompt tokens count once per prompt (its first choice's figures: its n choices share
-    the prompt's KV); completion tokens count every choice."""
+    the prompt's KV); completion tokens count every choice. Speculative decoding's verified
+    drafts are reported under OpenAI's predicted-output names (accepted and rejected)."""
     finals = [c.final for c in choices if c.final is not None]
     firsts = [c.final for c in choices if c.final is not None and c.index % n == 0]
     prompt = sum(o.num_prompt_tokens for o in firsts)
     completion = sum(o.num_output_tokens for o in finals)
+    accepted = sum(o.num_accepted_tokens for o in finals)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": sum(o.num_cached_tokens for o in firsts)},
+        "completion_tokens_details": {
+            "accepted_prediction_tokens": accepted,
+            "rejected_prediction_tokens": sum(o.num_draft_tokens for o in finals) - accepted,
+        },
     }
 
 

@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/kvfleet/v1/generation.proto\x12\nkvfleet.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xb1\x03\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\r\x12\x12\n\nignore_eos\x18\t \x01(\x08\x12\x15\n\x08logprobs\x18\n \x01(\rH\x05\x88\x01\x01\x12\"\n\x1ainclude_stop_str_in_output\x18\x0b \x01(\x08\x12\t\n\x01n\x18\x0c \x01(\r\x12\x12\n\nbeam_width\x18\r \x01(\r\x12\x1b\n\x0elength_penalty\x18\x0e \x01(\x02H\x06\x88\x01\x01\x12\x16\n\x0e\x65\x61rly_stopping\x18\x0f \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x07\n\x05_seedB\x0b\n\t_logprobsB\x11\n\x0f_length_penalty\"\xe3\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12)\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x14.kvfleet.v1.TokenIdsH\x00\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.kvfleet.v1.SamplingParameters\x12\x12\n\ncache_salt\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x15\n\x08priority\x18\x07 \x01(\x05H\x01\x88\x01\x01\x42\x08\n\x06promptB\x0b\n\t_priority\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"H\n\x08Logprobs\x12\x15\n\rtoken_logprob\x18\x01 \x01(\x02\x12%\n\x03top\x18\x02 \x03(\x0b\x32\x18.kvfleet.v1.TokenLogprob\"l\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\x1a\n\x12transferred_tokens\x18\x04 \x01(\r\">\n\x07Timings\x12\x14\n\x0cqueue_time_s\x18\x01 \x01(\x01\x12\x1d\n\x15time_to_first_token_s\x18\x02 \x01(\x01\"\x93\x02\n\x08\x46inished\x12(\n\x06reason\x18\x01 \x01(\x0e\x32\x18.kvfleet.v1.FinishReason\x12\x15\n\x0bstop_string\x18\x02 \x01(\tH\x00\x12\x17\n\rstop_token_id\x18\x03 \x01(\rH\x00\x12 \n\x05usage\x18\x04 \x01(\x0b\x32\x11.kvfleet.v1.Usage\x12$\n\x07timings\x18\x05 \x01(\x0b\x32\x13.kvfleet.v1.Timings\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07replica\x18\x07 \x01(\t\x12\x17\n\x0fprefill_replica\x18\x08 \x01(\t\x12\x12\n\x05score\x18\t \x01(\x02H\x01\x88\x01\x01\x42\x0e\n\x0cmatched_stopB\x08\n\x06_score\"\xa6\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12&\n\x08logprobs\x18\x04 \x03(\x0b\x32\x14.kvfleet.v1.Logprobs\x12&\n\x08\x66inished\x18\x05 \x01(\x0b\x32\x14.kvfleet.v1.Finished\x12\r\n\x05index\x18\x06 \x01(\r\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\".\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\x13\n\x11ListModelsRequest\"@\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.kvfleet.v1.Model*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32\xa7\x02\n\nGeneration\x12G\n\x08Generate\x12\x1b.kvfleet.v1.GenerateRequest\x1a\x1c.kvfleet.v1.GenerateResponse0\x01\x12<\n\x05\x41\x62ort\x12\x18.kvfleet.v1.AbortRequest\x1a\x19.kvfleet.v1.AbortResponse\x12\x45\n\x08Tokenize\x12\x1b.kvfleet.v1.TokenizeRequest\x1a\x1c.kvfleet.v1.TokenizeResponse\x12K\n\nListModels\x12\x1d.kvfleet.v1.ListModelsRequest\x1a\x1e.kvfleet.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"protos/kvfleet/v1/generation.proto\x12\nkvfleet.v1\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\r\"\xce\x03\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x08 \x03(\r\x12\x12\n\nignore_eos\x18\t \x01(\x08\x12\x15\n\x08logprobs\x18\n \x01(\rH\x05\x88\x01\x01\x12\"\n\x1ainclude_stop_str_in_output\x18\x0b \x01(\x08\x12\t\n\x01n\x18\x0c \x01(\r\x12\x12\n\nbeam_width\x18\r \x01(\r\x12\x1b\n\x0elength_penalty\x18\x0e \x01(\x02H\x06\x88\x01\x01\x12\x16\n\x0e\x65\x61rly_stopping\x18\x0f \x01(\x08\x12\x1b\n\x13\x64isable_speculation\x18\x10 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x07\n\x05_seedB\x0b\n\t_logprobsB\x11\n\x0f_length_penalty\"\xe3\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12)\n\ttoken_ids\x18\x03 \x01(\x0b\x32\x14.kvfleet.v1.TokenIdsH\x00\x12\x30\n\x08sampling\x18\x04 \x01(\x0b\x32\x1e.kvfleet.v1.SamplingParameters\x12\x12\n\ncache_salt\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x15\n\x08priority\x18\x07 \x01(\x05H\x01\x88\x01\x01\x42\x08\n\x06promptB\x0b\n\t_priority\"1\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\"H\n\x08Logprobs\x12\x15\n\rtoken_logprob\x18\x01 \x01(\x02\x12%\n\x03top\x18\x02 \x03(\x0b\x32\x18.kvfleet.v1.TokenLogprob\"\x9b\x01\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\x12\x1a\n\x12transferred_tokens\x18\x04 \x01(\r\x12\x14\n\x0c\x64raft_tokens\x18\x05 \x01(\r\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x06 \x01(\r\">\n\x07Timings\x12\x14\n\x0cqueue_time_s\x18\x01 \x01(\x01\x12\x1d\n\x15time_to_first_token_s\x18\x02 \x01(\x01\"\x93\x02\n\x08\x46inished\x12(\n\x06reason\x18\x01 \x01(\x0e\x32\x18.kvfleet.v1.FinishReason\x12\x15\n\x0bstop_string\x18\x02 \x01(\tH\x00\x12\x17\n\rstop_token_id\x18\x03 \x01(\rH\x00\x12 \n\x05usage\x18\x04 \x01(\x0b\x32\x11.kvfleet.v1.Usage\x12$\n\x07timings\x18\x05 \x01(\x0b\x32\x13.kvfleet.v1.Timings\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07replica\x18\x07 \x01(\t\x12\x17\n\x0fprefill_replica\x18\x08 \x01(\t\x12\x12\n\x05score\x18\t \x01(\x02H\x01\x88\x01\x01\x42\x0e\n\x0cmatched_stopB\x08\n\x06_score\"\xa6\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12&\n\x08logprobs\x18\x04 \x03(\x0b\x32\x14.kvfleet.v1.Logprobs\x12&\n\x08\x66inished\x18\x05 \x01(\x0b\x32\x14.kvfleet.v1.Finished\x12\r\n\x05index\x18\x06 \x01(\r\"\"\n\x0c\x41\x62ortRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\x1e\n\rAbortResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\".\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\"\x13\n\x11ListModelsRequest\"@\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x12\n\nvocab_size\x18\x03 \x01(\r\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.kvfleet.v1.Model*\x91\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x17\n\x13\x46INISH_REASON_ABORT\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32\xa7\x02\n\nGeneration\x12G\n\x08Generate\x12\x1b.kvfleet.v1.GenerateRequest\x1a\x1c.kvfleet.v1.GenerateResponse0\x01\x12<\n\x05\x41\x62ort\x12\x18.kvfleet.v1.AbortRequest\x1a\x19.kvfleet.v1.AbortResponse\x12\x45\n\x08Tokenize\x12\x1b.kvfleet.v1.TokenizeRequest\x1a\x1c.kvfleet.v1.TokenizeResponse\x12K\n\nListModels\x12\x1d.kvfleet.v1.ListModelsRequest\x1a\x1e.kvfleet.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.kvfleet.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1787
-  _globals['_FINISHREASON']._serialized_end=1932
+  _globals['_FINISHREASON']._serialized_start=1864
+  _globals['_FINISHREASON']._serialized_end=2009
   _globals['_TOKENIDS']._serialized_start=50
   _globals['_TOKENIDS']._serialized_end=73
   _globals['_SAMPLINGPARAMETERS']._serialized_start=76
-  _globals['_SAMPLINGPARAMETERS']._serialized_end=509
-  _globals['_GENERATEREQUEST']._serialized_start=512
-  _globals['_GENERATEREQUEST']._serialized_end=739
-  _globals['_TOKENLOGPROB']._serialized_start=741
-  _globals['_TOKENLOGPROB']._serialized_end=790
-  _globals['_LOGPROBS']._serialized_start=792
-  _globals['_LOGPROBS']._serialized_end=864
-  _globals['_USAGE']._serialized_start=866
-  _globals['_USAGE']._serialized_end=974
-  _globals['_TIMINGS']._serialized_start=976
-  _globals['_TIMINGS']._serialized_end=1038
-  _globals['_FINISHED']._serialized_start=1041
-  _globals['_FINISHED']._serialized_end=1316
-  _globals['_GENERATERESPONSE']._serialized_start=1319
-  _globals['_GENERATERESPONSE']._serialized_end=1485
-  _globals['_ABORTREQUEST']._serialized_start=1487
-  _globals['_ABORTREQUEST']._serialized_end=1521
-  _globals['_ABORTRESPONSE']._serialized_start=1523
-  _globals['_ABORTRESPONSE']._serialized_end=1553
-  _globals['_TOKENIZEREQUEST']._serialized_start=1555
-  _globals['_TOKENIZEREQUEST']._serialized_end=1601
-  _globals['_TOKENIZERESPONSE']._serialized_start=1603
-  _globals['_TOKENIZERESPONSE']._serialized_end=1640
-  _globals['_LISTMODELSREQUEST']._serialized_start=1642
-  _globals['_LISTMODELSREQUEST']._serialized_end=1661
-  _globals['_MODEL']._serialized_start=1663
-  _globals['_MODEL']._serialized_end=1727
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1729
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1784
-  _globals['_GENERATION']._serialized_start=1935
-  _globals['_GENERATION']._serialized_end=2230
+  _globals['_SAMPLINGPARAMETERS']._serialized_end=538
+  _globals['_GENERATEREQUEST']._serialized_start=541
+  _globals['_GENERATEREQUEST']._serialized_end=768
+  _globals['_TOKENLOGPROB']._serialized_start=770
+  _globals['_TOKENLOGPROB']._serialized_end=819
+  _globals['_LOGPROBS']._serialized_start=821
+  _globals['_LOGPROBS']._serialized_end=893
+  _globals['_USAGE']._serialized_start=896
+  _globals['_USAGE']._serialized_end=1051
+  _globals['_TIMINGS']._serialized_start=1053
+  _globals['_TIMINGS']._serialized_end=1115
+  _globals['_FINISHED']._serialized_start=1118
+  _globals['_FINISHED']._serialized_end=1393
+  _globals['_GENERATERESPONSE']._serialized_start=1396
+  _globals['_GENERATERESPONSE']._serialized_end=1562
+  _globals['_ABORTREQUEST']._serialized_start=1564
+  _globals['_ABORTREQUEST']._serialized_end=1598
+  _globals['_ABORTRESPONSE']._serialized_start=1600
+  _globals['_ABORTRESPONSE']._serialized_end=1630
+  _globals['_TOKENIZEREQUEST']._serialized_start=1632
+  _globals['_TOKENIZEREQUEST']._serialized_end=1678
+  _globals['_TOKENIZERESPONSE']._serialized_start=1680
+  _globals['_TOKENIZERESPONSE']._serialized_end=1717
+  _globals['_LISTMODELSREQUEST']._serialized_start=1719
+  _globals['_LISTMODELSREQUEST']._serialized_end=1738
+  _globals['_MODEL']._serialized_start=1740
+  _globals['_MODEL']._serialized_end=1804
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1806
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1861
+  _globals['_GENERATION']._serialized_start=2012
+  _globals['_GENERATION']._serialized_end=2307
 # @@protoc_insertion_point(module_scope)
