@@ -99,6 +99,19 @@ class EngineSettings(_Section):
     enforce_eager: bool = _default(EngineConfig, "enforce_eager")
     torch_compile: bool | None = _default(EngineConfig, "torch_compile")
     async_scheduling: bool | None = _default(EngineConfig, "async_scheduling")
+    quantization: Literal["int8", "fp8"] | None = _default(EngineConfig, "quantization")
+    kv_cache_dtype: Literal["auto", "int8", "fp8"] = _default(EngineConfig, "kv_cache_dtype")
+    speculative_method: Literal["prompt_lookup", "draft_model"] | None = _default(
+        EngineConfig, "speculative_method"
+    )
+    num_speculative_tokens: PositiveInt = _default(EngineConfig, "num_speculative_tokens")
+    prompt_lookup_min: PositiveInt = _default(EngineConfig, "prompt_lookup_min")
+    prompt_lookup_max: PositiveInt = _default(EngineConfig, "prompt_lookup_max")
+    draft_model: Path | None = Field(
+        default=_default(EngineConfig, "draft_model"),
+        description="the draft model's directory on every node, as the model's "
+        "(speculative_method draft_model)",
+    )
     torch_threads: PositiveInt | None = Field(
         default=1,
         description="intra-op threads per replica (null: torch's default, all cores; "
@@ -241,7 +254,7 @@ class Pool(_Section):
 
 
 # Engine settings that decide the bytes of a KV block: a prefill and a decode pool must agree.
-_LAYOUT_KEYS = ("dtype", "block_size", "load_format", "seed")
+_LAYOUT_KEYS = ("dtype", "block_size", "load_format", "seed", "quantization", "kv_cache_dtype")
 
 
 class Pools(_Section):

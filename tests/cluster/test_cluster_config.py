@@ -26,7 +26,17 @@ def test_an_empty_pool_serves_with_the_engines_own_defaults() -> None:
 def test_pool_settings_reach_the_engine_config() -> None:
     pool = {
         "parallelism": {"tensor": 2, "pipeline": 2, "layer_split": [3, 5], "placement": "spread"},
-        "engine": {"dtype": "float32", "kv_cache_mb": 64, "max_num_seqs": 8, "block_size": 32},
+        "engine": {
+            "dtype": "float32",
+            "kv_cache_mb": 64,
+            "max_num_seqs": 8,
+            "block_size": 32,
+            "quantization": "int8",
+            "kv_cache_dtype": "fp8",
+            "speculative_method": "prompt_lookup",
+            "num_speculative_tokens": 3,
+            "prompt_lookup_max": 5,
+        },
     }
     engine = cluster_config.load({"model": "/m", "pools": {"colocated": pool}}).engine_config()
     expected = EngineConfig(
@@ -39,6 +49,11 @@ def test_pool_settings_reach_the_engine_config() -> None:
         pipeline_parallel_size=2,
         layer_split=(3, 5),
         placement="spread",
+        quantization="int8",
+        kv_cache_dtype="fp8",
+        speculative_method="prompt_lookup",
+        num_speculative_tokens=3,
+        prompt_lookup_max=5,
     )
     assert engine == expected
 
@@ -76,6 +91,26 @@ def test_pool_settings_reach_the_engine_config() -> None:
         (
             {"model": "/m", "pools": {"colocated": {"engine": {"block_size": 12}}}},
             "pools.colocated: engine: block_size must be a power of two, got 12",
+        ),
+        (
+            {"model": "/m", "pools": {"colocated": {"engine": {"kv_cache_dtype": "int4"}}}},
+            "pools.colocated.engine.kv_cache_dtype: Input should be 'auto', 'int8' or 'fp8'",
+        ),
+        (
+            {"model": "/m", "pools": {"colocated": {"engine": {"quantization": "int4"}}}},
+            "pools.colocated.engine.quantization: Input should be 'int8' or 'fp8'",
+        ),
+        (
+            {"model": "/m", "pools": {"colocated": {"engine": {"draft_model": "/d"}}}},
+            "pools.colocated: engine: draft_model is the model of speculative_method "
+            "'draft_model', and only of it",
+        ),
+        (
+            {
+                "model": "/m",
+                "pools": {"prefill": {}, "decode": {"engine": {"kv_cache_dtype": "fp8"}}},
+            },
+            "pools: prefill.engine.kv_cache_dtype (auto) and decode.engine.kv_cache_dtype (fp8)",
         ),
         (
             {"model": "/m", "pools": {"colocated": {"parallelism": {"placement": "x"}}}},
