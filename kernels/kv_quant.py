@@ -41,7 +41,7 @@ def cache_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
 
 def check_device_supports(kv_cache_dtype: str, device: torch.device) -> None:
     """Raise ValueError for an fp8 cache on a CUDA device older than compute capability 8.9,
-    whose Triton kernels cannot convert fp8; a CPU converts it in torch."""
+    whose Triton kernels cannot convert fp8; a CPU converts it in its own attention kernel."""
     if kv_cache_dtype != "fp8" or device.type != "cuda":
         return
     capability = torch.cuda.get_device_capability(device)

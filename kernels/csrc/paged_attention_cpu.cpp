@@ -11,6 +11,11 @@
 // and value is loaded once per tile and used by every row and head of it (GQA and prefill
 // rows share it). Softmax is online, rescaled once per block. Accumulation in fp32.
 //
+// The cache holds the query's dtype, or is quantized (kernels/kv_quant.py): int8 or fp8 e4m3
+// values, each (slot, kv head) row followed by its float32 scale. Quantized rows are widened to
+// fp32 as they are loaded and their scale applied once per row: to a key's dot product, and to
+// the softmax weight of a value (the denominator keeps the unscaled weight).
+//
 // Plain C ABI (loaded with ctypes, which releases the GIL for the call); compiled on first use
 // by kernels/native.py with -O3 -march=native. No torch headers: it builds in about a second.
 
@@ -18,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -25,6 +31,24 @@ namespace {
 constexpr int TILE = 16;       // query rows per work item
 constexpr int MAX_BLOCK = 64;  // largest block size supported
 constexpr int LANES = 16;      // floats per vector value
+constexpr int64_t SCALE_BYTES = 4;  // a quantized row's float32 scale, after its values
+
+// A byte of float8_e4m3fn: sign, 4 exponent bits (bias 7), 3 mantissa bits; no infinities,
+// 0x7f and 0xff are NaN.
+struct Fp8E4m3 {
+  uint8_t bits;
+};
+
+template <typename C>
+constexpr bool is_quantized = std::is_same_v<C, int8_t> || std::is_same_v<C, Fp8E4m3>;
+
+// The scale stored after a quantized row's dim values.
+template <typename C>
+inline float row_scale(const C* row, int64_t dim) {
+  float scale;
+  std::memcpy(&scale, row + dim, sizeof scale);
+  return scale;
+}
 
 inline float to_float(float x) { return x; }
 inline float to_float(uint16_t bf16) {
@@ -63,6 +87,43 @@ inline vfloat load(const uint16_t* p) {
   std::memcpy(&v, &bits, sizeof v);
   return v;
 }
+typedef int8_t vint8 __attribute__((vector_size(LANES)));
+typedef int16_t vint16 __attribute__((vector_size(LANES * sizeof(int16_t))));
+typedef int32_t vint32 __attribute__((vector_size(LANES * sizeof(int32_t))));
+typedef uint8_t vuint8 __attribute__((vector_size(LANES)));
+
+// Bytes widen in two doubling steps: GCC vectorizes those, but scalarizes an 8-to-32-bit
+// conversion in one.
+inline vfloat load(const int8_t* p) {
+  vint8 q;
+  std::memcpy(&q, p, sizeof q);
+  const vint32 wide = __builtin_convertvector(__builtin_convertvector(q, vint16), vint32);
+  return __builtin_convertvector(wide, vfloat);
+}
+
+// Exact, without a table: a normal's exponent is rebiased from 7 to 127 and its mantissa
+// shifted into place; a subnormal 0.m * 2^-6 is (1.m * 2^-6) - 2^-6, which fp32 holds exactly.
+inline vfloat load(const Fp8E4m3* p) {
+  static_assert(sizeof(Fp8E4m3) == 1);
+  vuint8 bytes;
+  std::memcpy(&bytes, p, sizeof bytes);
+  const vbits b = __builtin_convertvector(__builtin_convertvector(bytes, vbf16), vbits);
+  const vbits magnitude = b & 0x7f;
+  const vbits normal = (magnitude << 20) + (120u << 23);
+  const vbits shifted = (magnitude << 20) | (121u << 23);
+  vfloat subnormal;
+  std::memcpy(&subnormal, &shifted, sizeof subnormal);
+  subnormal -= 0x1p-6f;
+  vbits sub_bits;
+  std::memcpy(&sub_bits, &subnormal, sizeof sub_bits);
+  vbits bits = magnitude < 8 ? sub_bits : normal;
+  bits = magnitude == 0x7f ? vbits{} + 0x7fc00000u : bits;
+  bits |= (b & 0x80) << 24;
+  vfloat v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
 typedef float vhalf __attribute__((vector_size(LANES / 2 * sizeof(float))));
 typedef float vquarter __attribute__((vector_size(LANES / 4 * sizeof(float))));
 
@@ -127,17 +188,18 @@ struct Shape {
   float scale;
 };
 
-template <typename T>
-void prefetch_block(const T* k_cache, const T* v_cache, int64_t offset, int64_t count) {
-  constexpr int64_t line = 64 / sizeof(T);
+template <typename C>
+void prefetch_block(const C* k_cache, const C* v_cache, int64_t offset, int64_t count) {
+  constexpr int64_t line = 64 / sizeof(C);
   for (int64_t i = 0; i < count; i += line) {
     __builtin_prefetch(k_cache + offset + i);
     __builtin_prefetch(v_cache + offset + i);
   }
 }
 
-template <typename T>
-void attend_tile(const T* query, const T* k_cache, const T* v_cache, T* out,
+// T: the query's and output's element type; C: the cache's (T, or a quantized one).
+template <typename T, typename C>
+void attend_tile(const T* query, const C* k_cache, const C* v_cache, T* out,
                  const int32_t* blocks, int64_t first_row, int64_t num_rows,
                  int64_t first_pos, const Shape& s) {
   const int64_t heads = s.num_heads, dim = s.head_dim, bs = s.block_size;
@@ -148,8 +210,11 @@ void attend_tile(const T* query, const T* k_cache, const T* v_cache, T* out,
   const T* src = query + first_row * heads * dim;  // the tile's rows are consecutive
   for (int64_t i = 0; i < lanes * dim; ++i) q[i] = to_float(src[i]) * s.scale;
   const int64_t last_pos = first_pos + num_rows - 1;  // the last row sees the most keys
-  const int64_t kv_stride = s.num_kv_heads * dim;     // from one token to the next in a block
+  // One (slot, kv head) row of the cache: its values, then its scale if quantized.
+  const int64_t row = is_quantized<C> ? dim + SCALE_BYTES : dim;
+  const int64_t kv_stride = s.num_kv_heads * row;  // from one token to the next in a block
   const int64_t block_elems = bs * kv_stride;
+  float scaled[MAX_BLOCK];  // a quantized block's softmax weights times its value scales
   for (int64_t b = 0; b * bs <= last_pos; ++b) {
     const int64_t start = b * bs;
     if ((b + 1) * bs <= last_pos)  // the next block's ids are random: no hardware prefetch
@@ -160,12 +225,14 @@ void attend_tile(const T* query, const T* k_cache, const T* v_cache, T* out,
       if (visible <= 0) continue;
       for (int64_t h = 0; h < heads; ++h) {
         const int64_t lane = r * heads + h;
-        const int64_t base = blocks[b] * block_elems + (h / group) * dim;
+        const int64_t base = blocks[b] * block_elems + (h / group) * row;
         const float* ql = &q[lane * dim];
         float* sc = score.data();
         float block_max = -INFINITY;
         for (int64_t j = 0; j < visible; ++j) {
-          sc[j] = dot(ql, k_cache + base + j * kv_stride, dim);
+          const C* key = k_cache + base + j * kv_stride;
+          sc[j] = dot(ql, key, dim);
+          if constexpr (is_quantized<C>) sc[j] *= row_scale(key, dim);
           block_max = std::max(block_max, sc[j]);
         }
         const float new_max = std::max(running_max[lane], block_max);
@@ -175,7 +242,13 @@ void attend_tile(const T* query, const T* k_cache, const T* v_cache, T* out,
         for (int64_t j = 0; j < visible; ++j) total += sc[j];
         denom[lane] = denom[lane] * rescale + total;
         running_max[lane] = new_max;
-        accumulate(&acc[lane * dim], sc, v_cache + base, visible, kv_stride, dim, rescale);
+        const float* weight = sc;
+        if constexpr (is_quantized<C>) {
+          for (int64_t j = 0; j < visible; ++j)
+            scaled[j] = sc[j] * row_scale(v_cache + base + j * kv_stride, dim);
+          weight = scaled;
+        }
+        accumulate(&acc[lane * dim], weight, v_cache + base, visible, kv_stride, dim, rescale);
       }
     }
   }
@@ -190,8 +263,8 @@ struct Item {
   int64_t seq, first_row, num_rows, first_pos;
 };
 
-template <typename T>
-int run(const T* query, const T* k_cache, const T* v_cache, T* out,
+template <typename T, typename C>
+int run(const T* query, const void* k_cache, const void* v_cache, T* out,
         const int32_t* query_start_loc, const int32_t* seq_lens, const int32_t* block_table,
         int64_t num_seqs, const Shape& s, int num_threads) {
   if (s.block_size > MAX_BLOCK || s.num_heads % s.num_kv_heads != 0 || s.head_dim % LANES != 0)
@@ -208,32 +281,52 @@ int run(const T* query, const T* k_cache, const T* v_cache, T* out,
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads) if (num_threads > 1)
   for (int64_t w = 0; w < count; ++w) {
     const Item& it = items[w];
-    attend_tile(query, k_cache, v_cache, out, block_table + it.seq * s.table_width,
-                it.first_row, it.num_rows, it.first_pos, s);
+    attend_tile(query, static_cast<const C*>(k_cache), static_cast<const C*>(v_cache), out,
+                block_table + it.seq * s.table_width, it.first_row, it.num_rows, it.first_pos, s);
   }
   return 0;
+}
+
+// The cache as the query's type T, or quantized: cache_dtype 2 = int8, 3 = float8_e4m3fn.
+template <typename T>
+int run_for_cache(int cache_dtype, int query_dtype, const T* query, const void* k_cache,
+                  const void* v_cache, T* out, const int32_t* query_start_loc,
+                  const int32_t* seq_lens, const int32_t* block_table, int64_t num_seqs,
+                  const Shape& s, int num_threads) {
+  if (cache_dtype == query_dtype)
+    return run<T, T>(query, k_cache, v_cache, out, query_start_loc, seq_lens, block_table,
+                     num_seqs, s, num_threads);
+  if (cache_dtype == 2)
+    return run<T, int8_t>(query, k_cache, v_cache, out, query_start_loc, seq_lens, block_table,
+                          num_seqs, s, num_threads);
+  if (cache_dtype == 3)
+    return run<T, Fp8E4m3>(query, k_cache, v_cache, out, query_start_loc, seq_lens,
+                           block_table, num_seqs, s, num_threads);
+  return 1;
 }
 
 }  // namespace
 
 extern "C" {
 
-// dtype: 0 = float32, 1 = bfloat16. Returns 0, or 1 for a shape the kernel does not support.
-int kvfleet_paged_attention(int dtype, const void* query, const void* k_cache,
-                            const void* v_cache, void* out, const int32_t* query_start_loc,
-                            const int32_t* seq_lens, const int32_t* block_table, int64_t num_seqs,
-                            int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-                            int64_t block_size, int64_t table_width, float scale,
-                            int num_threads) {
+// query_dtype (also the output's): 0 = float32, 1 = bfloat16. cache_dtype: the query's, or
+// 2 = int8, 3 = float8_e4m3fn, whose rows are head_dim values and a float32 scale. Returns 0,
+// or 1 for a dtype or shape the kernel does not support.
+int kvfleet_paged_attention(int query_dtype, int cache_dtype, const void* query,
+                            const void* k_cache, const void* v_cache, void* out,
+                            const int32_t* query_start_loc, const int32_t* seq_lens,
+                            const int32_t* block_table, int64_t num_seqs, int64_t num_heads,
+                            int64_t num_kv_heads, int64_t head_dim, int64_t block_size,
+                            int64_t table_width, float scale, int num_threads) {
   const Shape s{num_heads, num_kv_heads, head_dim, block_size, table_width, scale};
-  if (dtype == 0)
-    return run(static_cast<const float*>(query), static_cast<const float*>(k_cache),
-               static_cast<const float*>(v_cache), static_cast<float*>(out), query_start_loc,
-               seq_lens, block_table, num_seqs, s, num_threads);
-  if (dtype == 1)
-    return run(static_cast<const uint16_t*>(query), static_cast<const uint16_t*>(k_cache),
-               static_cast<const uint16_t*>(v_cache), static_cast<uint16_t*>(out),
-               query_start_loc, seq_lens, block_table, num_seqs, s, num_threads);
+  if (query_dtype == 0)
+    return run_for_cache(cache_dtype, query_dtype, static_cast<const float*>(query), k_cache,
+                         v_cache, static_cast<float*>(out), query_start_loc, seq_lens,
+                         block_table, num_seqs, s, num_threads);
+  if (query_dtype == 1)
+    return run_for_cache(cache_dtype, query_dtype, static_cast<const uint16_t*>(query), k_cache,
+                         v_cache, static_cast<uint16_t*>(out), query_start_loc, seq_lens,
+                         block_table, num_seqs, s, num_threads);
   return 1;
 }
 

@@ -12,7 +12,9 @@ from kernels.attention_ref import paged_attention_ref
 BLOCK = 4
 
 
-def _metadata(rows: list[tuple[int, int, list[int]]]) -> PagedAttentionMetadata:
+def _metadata(
+    rows: list[tuple[int, int, list[int]]], block_size: int = BLOCK
+) -> PagedAttentionMetadata:
     """rows: (query_len, seq_len, block ids) per sequence."""
     starts = [0]
     for query_len, _, _ in rows:
@@ -26,7 +28,7 @@ def _metadata(rows: list[tuple[int, int, list[int]]]) -> PagedAttentionMetadata:
         slot_mapping=torch.zeros(starts[-1], dtype=torch.int64),
         query_lens_host=[q for q, _, _ in rows],
         seq_lens_host=[s for _, s, _ in rows],
-        block_size=BLOCK,
+        block_size=block_size,
     )
 
 

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import native, ops
+from kernels import kv_quant, native, ops
 from kernels.attention_native import paged_attention_native, supports
 from kernels.attention_ref import paged_attention_ref
 from tests.kernels.test_attention_cpu import BLOCK, _batch, _metadata
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+QUANT_DTYPES = [pytest.param(torch.int8, id="int8"), pytest.param(torch.float8_e4m3fn, id="fp8")]
 
 
 def _inputs(
@@ -43,6 +44,54 @@ def test_native_equals_reference(
     torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
 
 
+def _quantized_batch(block_size: int) -> list[tuple[int, int, list[int]]]:
+    """Decode rows (one key, within a block, across blocks) and prefill chunks (from the start,
+    longer than a tile, over a cached prefix that ends inside a block), on shuffled blocks."""
+    shapes = [(1, 1), (1, 7), (1, 3 * block_size + 5), (20, 20), (37, 2 * block_size + 40), (3, 9)]
+    free = torch.randperm(200, generator=torch.Generator().manual_seed(block_size)).tolist()
+    return [(q, n, [free.pop() for _ in range(-(-n // block_size))]) for q, n in shapes]
+
+
+@pytest.mark.parametrize("cache_dtype", QUANT_DTYPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kv_heads, heads", [(4, 4), (1, 4)])
+@pytest.mark.parametrize("block_size", [4, 16, 64])
+def test_native_over_a_quantized_cache_equals_reference_over_its_dequantization(
+    cache_dtype: torch.dtype, dtype: torch.dtype, kv_heads: int, heads: int, block_size: int
+) -> None:
+    rows = _quantized_batch(block_size)
+    meta = _metadata(rows, block_size)
+    generator = torch.Generator().manual_seed(block_size + kv_heads)
+    # Keys and values with rows of very different ranges, so that their scales differ.
+    ranges = torch.logspace(-0.5, 0.5, kv_heads * block_size).view(block_size, kv_heads, 1)
+    cache = torch.randn(2, 200, block_size, kv_heads, 32, generator=generator) * ranges
+    quantized = kv_quant.quantize(cache, cache_dtype)
+    query = torch.randn(sum(q for q, _, _ in rows), heads, 32, generator=generator).to(dtype)
+    assert supports(query, quantized)
+    dequantized = kv_quant.dequantize(quantized, torch.float32)
+    expected = paged_attention_ref(query.float(), dequantized, meta, scale=32**-0.5)
+    got = paged_attention_native(query, quantized, meta, scale=32**-0.5)
+    assert got.dtype == dtype
+    tol = TOLERANCE[dtype]
+    torch.testing.assert_close(got.float(), expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("cache_dtype", QUANT_DTYPES)
+def test_every_quantized_byte_reads_as_torch_converts_it(cache_dtype: torch.dtype) -> None:
+    # Sixteen one-token sequences: each output row is its value row times the value scale,
+    # exactly (one key: weight 1). Together the value rows hold all 256 bytes, NaNs included.
+    values = torch.arange(256, dtype=torch.uint8).view(cache_dtype).view(16, 1, 16)
+    value_scale = torch.full((16, 1, 1), 0.125)
+    kv_cache = torch.zeros(2, 16, BLOCK, 1, 16 + kv_quant.SCALE_BYTES, dtype=cache_dtype)
+    kv_cache.view(torch.uint8)[0, :, 0, :, 16:] = torch.ones(16, 1, 1).view(torch.uint8)
+    kv_cache[1, :, 0, :, :16] = values
+    kv_cache.view(torch.uint8)[1, :, 0, :, 16:] = value_scale.view(torch.uint8)
+    meta = _metadata([(1, 1, [i]) for i in range(16)])
+    got = paged_attention_native(torch.zeros(16, 1, 16), kv_cache, meta, scale=1.0)
+    expected = values.float() * value_scale
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
 def test_long_prefill_chunks_over_a_cached_prefix() -> None:
     # Chunks longer than one tile of query rows, starting inside a block, over a prefix of
     # several blocks, beside decode rows.
@@ -68,6 +117,11 @@ def test_shapes_it_cannot_run_stay_on_the_torch_path() -> None:
     assert not supports(torch.zeros(1, 4, 16, dtype=torch.float16), kv_cache.half())
     assert not supports(torch.zeros(1, 4, 16), torch.zeros(2, 4, 128, 2, 16))  # block size
     assert not supports(torch.zeros(1, 4, 16), kv_cache.transpose(3, 4))
+    # A quantized cache needs rows of head_dim values and a scale, and a float32 or bf16 query.
+    quantized = torch.zeros(2, 4, BLOCK, 2, 16 + kv_quant.SCALE_BYTES, dtype=torch.int8)
+    assert supports(torch.zeros(1, 4, 16, dtype=torch.bfloat16), quantized)
+    assert not supports(torch.zeros(1, 4, 16, dtype=torch.float16), quantized)
+    assert not supports(torch.zeros(1, 4, 16), kv_cache.to(torch.int8))  # no scales
 
 
 def test_built_once_then_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
