@@ -52,6 +52,23 @@ def _generate(engine: Engine) -> dict[str, tuple[list[int], list[float]]]:
     return result
 
 
+def _assert_generates(
+    engine: Engine, expected: dict[str, tuple[list[int], list[float]]], atol: float
+) -> None:
+    """The engine's greedy tokens equal ``expected``'s and their logprobs are within ``atol``;
+    it is shut down after."""
+    try:
+        got = _generate(engine)
+        for rid, (tokens, logprobs) in expected.items():
+            assert got[rid][0] == tokens, rid
+            torch.testing.assert_close(
+                torch.tensor(got[rid][1]), torch.tensor(logprobs), atol=atol, rtol=0
+            )
+        engine.check_integrity()
+    finally:
+        engine.shutdown()
+
+
 @pytest.mark.parametrize(
     "tp, pp, split",
     [(2, 1, None), (1, 2, (1, 3)), (2, 2, None)],
@@ -72,16 +89,7 @@ def test_parallel_replica_matches_single_rank(
         pipeline_parallel_size=pp,
         layer_split=split,
     )
-    try:
-        got = _generate(engine)
-        for rid, (tokens, logprobs) in reference.items():
-            assert got[rid][0] == tokens, rid
-            torch.testing.assert_close(
-                torch.tensor(got[rid][1]), torch.tensor(logprobs), atol=1e-4, rtol=0
-            )
-        engine.check_integrity()
-    finally:
-        engine.shutdown()
+    _assert_generates(engine, reference, atol=1e-4)
 
 
 def test_beams_and_samples_on_a_tp2_pp2_replica_match_single_rank(
@@ -186,13 +194,4 @@ def test_a_quantized_cache_on_a_tp2_pp2_replica_matches_single_rank(
         pipeline_parallel_size=2,
         kv_cache_dtype="int8",
     )
-    try:
-        got = _generate(engine)
-        for rid, (tokens, logprobs) in expected.items():
-            assert got[rid][0] == tokens, rid
-            torch.testing.assert_close(
-                torch.tensor(got[rid][1]), torch.tensor(logprobs), atol=2e-4, rtol=0
-            )
-        engine.check_integrity()
-    finally:
-        engine.shutdown()
+    _assert_generates(engine, expected, atol=2e-4)
