@@ -5,12 +5,13 @@ Runs, each as a subprocess with its own time limit and its output in one log fol
 - the Triton kernel tests, compiled (fp32, fp16 and bf16; not the interpreter);
 - the CUDA-graph tests (captured decode steps give the eager tokens);
 - the compiled-step test (graphs of the torch.compile'd forward give the eager tokens);
-- ``bench.kernels`` and ``bench.gpu_decode`` with CUDA graphs and with ``--eager``.
+- ``bench.kernels`` and ``bench.gpu_decode`` with CUDA graphs and with ``--eager``, and (quick)
+  with int8 and fp8 weights.
 
 Meant for a lent machine with PyTorch, Triton and the CUDA toolkit but no Ray, no network and
 no ``make venv``: it uses the Python it is started with and needs nothing beyond pytest and
 what the engine imports. Without a CUDA device it says so and exits 0 with null figures. The
-whole check is sized to stay under 8 minutes on one GPU. Last line: one JSON object with every
+whole check is sized to stay under 10 minutes on one GPU. Last line: one JSON object with every
 figure, the failed steps by name, and where the logs are.
 """
 
@@ -37,6 +38,8 @@ KERNEL_TESTS = (
     "tests/kernels/test_norm_triton.py",
     "tests/kernels/test_rope_triton.py",
     "tests/kernels/test_ops_dispatch.py",
+    "tests/kernels/test_quant_matmul_triton.py",
+    "tests/kernels/test_kv_quant_triton.py",
 )
 CUDA_GRAPH_TESTS = ("tests/worker/test_cuda_graphs.py",)
 
@@ -50,6 +53,7 @@ class Step:
 
 
 PYTEST = ("-m", "pytest", "-q", "-p", "no:cacheprovider")
+QUICK_DECODE = ("-m", "bench.gpu_decode", "--quick")
 STEPS = (
     Step("kernel_tests", (*PYTEST, *KERNEL_TESTS), 120, "pytest"),
     Step("cuda_graph_tests", (*PYTEST, "-k", "not compiled", *CUDA_GRAPH_TESTS), 60, "pytest"),
@@ -57,6 +61,8 @@ STEPS = (
     Step("kernels", ("-m", "bench.kernels"), 60, "bench"),
     Step("gpu_decode_graphs", ("-m", "bench.gpu_decode"), 90, "bench"),
     Step("gpu_decode_eager", ("-m", "bench.gpu_decode", "--eager"), 60, "bench"),
+    Step("gpu_decode_int8", (*QUICK_DECODE, "--quantization", "int8"), 60, "bench"),
+    Step("gpu_decode_fp8", (*QUICK_DECODE, "--quantization", "fp8"), 60, "bench"),
 )  # fmt: skip
 
 

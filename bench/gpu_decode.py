@@ -1,6 +1,7 @@
 """Whole-engine speed on one GPU: a Llama-3-8B-shaped model (hidden 4096, 32 layers, 32 heads,
 8 KV heads, intermediate 14336, vocabulary 128256) with random weights (load_format "dummy"),
-in bfloat16. ``python -m bench.gpu_decode [--quick]``.
+in bfloat16 (``--quantization int8`` or ``fp8``: its linear layers' weights in 8 bits).
+``python -m bench.gpu_decode [--quick]``.
 
 - ``prefill_mfu``: one 2,048-token prompt in one step. FLOPs = 2 x (decoder weights) x tokens +
   the LM head for the one sampled row + causal attention (4 x heads x head_dim per visible
@@ -131,7 +132,7 @@ def bench_decode(engine: Engine, batch: int, context: int, steps: int, tag: str)
     return times
 
 
-def run(quick: bool, eager: bool) -> dict[str, Any]:
+def run(quick: bool, eager: bool, quantization: str | None) -> dict[str, Any]:
     repeats, steps = (3, 16) if quick else (10, 64)
     with tempfile.TemporaryDirectory() as tmp:
         write_model_dir(Path(tmp))
@@ -145,6 +146,7 @@ def run(quick: bool, eager: bool) -> dict[str, Any]:
                 max_num_seqs=B32_BATCH,
                 enable_prefix_caching=False,  # every repeat must really prefill
                 enforce_eager=eager,
+                quantization=quantization,
             )
         )
         figures: dict[str, Any] = {"prefill_mfu": bench_prefill(engine, repeats)}
@@ -163,14 +165,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and decode steps")
     parser.add_argument("--eager", action="store_true", help="decode without CUDA graphs")
+    parser.add_argument(
+        "--quantization", choices=("int8", "fp8"), default=None, help="weights in 8 bits"
+    )
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no GPU present: decode and prefill figures are null")
         print(json.dumps({**dict.fromkeys(KEYS), "gpu": None, "cuda_graphs": None}))
         return
-    figures = run(args.quick, args.eager)
+    figures = run(args.quick, args.eager, args.quantization)
     device = torch.cuda.get_device_name()
-    print(json.dumps({**figures, "gpu": device, "cuda_graphs": not args.eager}))
+    print(
+        json.dumps(
+            {
+                **figures,
+                "gpu": device,
+                "cuda_graphs": not args.eager,
+                "quantization": args.quantization,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
