@@ -65,12 +65,13 @@ class SchedulerOutput:
     @property
     def num_prefill_tokens(self) -> int:
         """Tokens computed beyond one decode token per generating request: prompt chunks, and
-        the recompute of preempted requests."""
-        return sum(
-            s.num_new_tokens
-            for s in self.scheduled
-            if s.num_new_tokens > 1 or s.start < s.request.num_prompt_tokens
-        )
+        the recompute of preempted requests; not drafts being verified."""
+        total = 0
+        for s in self.scheduled:
+            tokens = s.num_new_tokens - s.num_drafts
+            if tokens > 1 or s.start < s.request.num_prompt_tokens:
+                total += tokens
+        return total
 
 
 class Scheduler:

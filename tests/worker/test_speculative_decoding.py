@@ -112,6 +112,20 @@ def test_stops_inside_accepted_drafts_end_the_request_there(demo_model_dir: Path
         assert tokens_of(outputs["r"]) == cut
 
 
+def test_verified_drafts_are_not_counted_as_prefill(demo_model_dir: Path) -> None:
+    """The prefill rate a replica measures (and refuses overload by) counts prompt tokens only."""
+    engine = make_engine(
+        demo_model_dir, speculative_method="draft_model", draft_model=demo_model_dir
+    )
+    engine.add_request(engine.make_request("r", PROMPTS["loop0"], GREEDY))
+    engine.step()  # the prompt, the first token, then drafts for the next step
+    (request,) = engine.scheduler.running
+    batch = engine.scheduler.schedule()
+    (item,) = batch.scheduled
+    assert item.num_drafts == len(request.draft_token_ids) == 4
+    assert batch.num_prefill_tokens == 0
+
+
 def test_a_request_can_turn_speculation_off(demo_model_dir: Path) -> None:
     engine = make_engine(demo_model_dir, speculative_method="prompt_lookup")
     off = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, speculate=False)
