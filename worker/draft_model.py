@@ -31,6 +31,8 @@ from worker.step_tensors import attention_metadata, token_tensors
 
 
 class DraftModel:
+    """The draft model and its KV cache (one tensor per layer, the target's block layout)."""
+
     def __init__(
         self,
         model: LlamaForCausalLM,

@@ -23,6 +23,8 @@ _ITEM = 4  # bytes per token id in the packed sequence
 
 
 class PromptLookup:
+    """Drafts from n-grams of ``min_n`` to ``max_n`` tokens."""
+
     def __init__(self, min_n: int, max_n: int) -> None:
         if not 1 <= min_n <= max_n:
             raise ValueError(f"prompt lookup needs 1 <= min_n <= max_n, got {min_n}, {max_n}")

@@ -207,6 +207,9 @@ class Scheduler:
         known = request.num_tokens + request.num_pending_samples
         samples = request.num_computed_tokens >= known
         num_drafts = max(0, request.num_computed_tokens - known)
+        # Drafts the budget left out are dropped, not scheduled in a later batch while this one
+        # is in flight (they would verify positions this step has not decided yet).
+        del request.draft_token_ids[num_drafts:]
         # A group's sequences never run ahead: what each does next (fork, drop, continue)
         # is decided once the whole group's step is back.
         if samples and self.config.run_ahead and request.group_id is None:

@@ -103,7 +103,9 @@ def build_step_input(
         pending_inputs=pending,
         block_copies=block_copies or [],
         draft_counts=drafts if any(drafts) else [],
-        draft_previous=[s.request.all_token_ids[s.start - 1] for s in batch.scheduled]
+        draft_previous=[
+            s.request.all_token_ids[s.start - 1] if s.num_drafts else -1 for s in batch.scheduled
+        ]
         if any(drafts)
         else [],
     )

@@ -11,6 +11,7 @@ from worker.step_input import StepInput
 def attention_metadata(
     step: StepInput, block_size: int, device: torch.device
 ) -> PagedAttentionMetadata:
+    """The step's layout (its sequences' query rows, context lengths, block tables, slots)."""
     return PagedAttentionMetadata(
         query_start_loc=torch.tensor(step.query_start_loc, dtype=torch.int32, device=device),
         seq_lens=torch.tensor(step.seq_lens, dtype=torch.int32, device=device),

@@ -159,7 +159,8 @@ def test_killed_rank_fails_requests_within_seconds(local_ray: None, demo_model_d
 def test_prompt_lookup_on_a_tp2_pp2_replica_matches_single_rank_without_it(
     local_ray: None, demo_model_dir: Path
 ) -> None:
-    """The last stage's first rank verifies every row's drafts; two batches in flight."""
+    """The last stage's first rank verifies every row's drafts; two batches in flight, and a
+    small token budget that cuts prompts into chunks and drafts short."""
     prompts: dict[str, list[int] | str] = {
         f"loop{i}": list(range(600 + 9 * i, 630 + 9 * i)) * 3 for i in range(3)
     }
@@ -170,6 +171,7 @@ def test_prompt_lookup_on_a_tp2_pp2_replica_matches_single_rank_without_it(
         tensor_parallel_size=2,
         pipeline_parallel_size=2,
         speculative_method="prompt_lookup",
+        max_num_batched_tokens=8,
     )
     try:
         got = run_all(engine, prompts, params)

@@ -17,6 +17,7 @@ from worker.engine import Engine
 from worker.errors import ModelLoadError
 from worker.messages import RequestOutput
 from worker.sampling_params import SamplingParams
+from worker.spec_decode import DRAFTED_BY_MODEL
 
 GREEDY = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
 # Prompts that repeat themselves, where prompt lookup finds drafts, and one that does not.
@@ -124,6 +125,26 @@ def test_verified_drafts_are_not_counted_as_prefill(demo_model_dir: Path) -> Non
     (item,) = batch.scheduled
     assert item.num_drafts == len(request.draft_token_ids) == 4
     assert batch.num_prefill_tokens == 0
+
+
+def test_drafts_the_budget_leaves_out_are_not_scheduled_in_a_later_batch(
+    demo_model_dir: Path,
+) -> None:
+    """With batches in flight (pipeline parallelism), a request whose drafts the token budget
+    cut is not scheduled again before its step returns: the rest of its drafts are dropped."""
+    engine = make_engine(
+        demo_model_dir,
+        speculative_method="draft_model",
+        draft_model=demo_model_dir,
+        max_num_batched_tokens=3,
+    )
+    engine.add_request(engine.make_request("r", [5, 6], GREEDY))
+    engine.step()  # the prompt, the first token, then four drafts for the next step
+    (request,) = engine.scheduler.running
+    first = engine.scheduler.schedule()
+    assert [(item.num_new_tokens, item.num_drafts) for item in first.scheduled] == [(3, 2)]
+    assert request.draft_token_ids == [DRAFTED_BY_MODEL] * 2
+    assert not engine.scheduler.schedule().scheduled  # a second batch, this one in flight
 
 
 def test_a_request_can_turn_speculation_off(demo_model_dir: Path) -> None:
