@@ -43,3 +43,18 @@ def test_quant_linear_on_cpu_keeps_leading_dimensions_and_adds_the_bias(weights:
     out = ops.quant_linear(x, qweight, scale, bias)
     expected = quant_matmul_ref(x.reshape(6, 16), qweight, scale).view(2, 3, 8) + bias
     torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+@pytest.mark.parametrize("m", [1, 2])
+def test_large_activations_stay_finite_in_float16(weights: str, m: int) -> None:
+    """Raw 8-bit values (up to 127, or 448) times a large activation pass float16's range;
+    the scaled weight times it does not."""
+    weight = _randn((8, 64), seed=36) * 0.02
+    weight[:, 5] = 0.1  # every row's largest value: its raw 8-bit value is the format's max
+    qweight, scale = quantize_rows(weight, weights)
+    x = torch.zeros((m, 64), dtype=torch.float16)
+    x[:, 5] = 600.0
+    out = quant_matmul_cpu(x, qweight, scale)
+    assert torch.isfinite(out).all()
+    assert_close_to(out, quant_matmul_ref(x, qweight, scale), torch.float16)
