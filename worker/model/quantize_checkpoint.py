@@ -37,7 +37,8 @@ SCALE_SUFFIX = "_scale"  # <prefix>.weight -> <prefix>.weight_scale
 def quantize_checkpoint(src: Path, dst: Path, weights: str) -> int:
     """Write the ``weights``-quantized copy of checkpoint ``src`` into ``dst``; returns how many
     tensors were quantized. Raises ModelLoadError for a source that cannot be read or is
-    already quantized, ValueError for an unknown ``weights`` or a ``dst`` that is not empty."""
+    already quantized, ValueError for an unknown ``weights`` or a ``dst`` that is not empty or
+    lies inside ``src``."""
     if weights not in WEIGHT_QUANTIZATIONS:
         raise ValueError(f"--weights must be one of {', '.join(WEIGHT_QUANTIZATIONS)}")
     config = ModelConfig.from_dir(src)
@@ -45,6 +46,8 @@ def quantize_checkpoint(src: Path, dst: Path, weights: str) -> int:
         raise ModelLoadError(f"{src}: already quantized ({config.checkpoint_quantization})")
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise ValueError(f"{dst}: exists and is not an empty directory")
+    if dst.resolve().is_relative_to(src.resolve()):
+        raise ValueError(f"{dst}: inside the source directory {src}, which is copied into it")
     files = checkpoint_files(src)
     is_linear_weight = _linear_weight_filter(config)
     dst.mkdir(parents=True, exist_ok=True)

@@ -167,13 +167,16 @@ def test_unsupported_quantization_config_names_the_field(
         ModelConfig.from_dir(broken)
 
 
-def test_converter_refuses_a_quantized_source_and_a_non_empty_destination(
+def test_converter_refuses_a_quantized_source_and_a_destination_not_new(
     source: Path, int8_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit, match=r"already quantized \(int8\)"):
         main([str(int8_dir), str(tmp_path / "again"), "--weights", "fp8"])
     with pytest.raises(SystemExit, match="exists and is not an empty directory"):
         main([str(source), str(int8_dir), "--weights", "int8"])
+    with pytest.raises(SystemExit, match="inside the source directory"):
+        main([str(source), str(source / "int8"), "--weights", "int8"])
+    assert not (source / "int8").exists()
     with pytest.raises(SystemExit):  # argparse: exit status 2
         main([str(source), str(tmp_path / "x"), "--weights", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
