@@ -414,16 +414,24 @@ def test_quantized_blocks_travel_with_their_scales(
     assert got == expected
 
 
-def test_a_quantized_prefill_is_refused_by_an_unquantized_decode_naming_kv_dtype(
-    new_engine: Factory,
+@pytest.mark.parametrize(
+    ("prefill_settings", "message"),
+    [
+        ({"kv_cache_dtype": "int8"}, r"kv_dtype: float32 vs int8"),
+        ({"quantization": "int8"}, r"weights: full vs int8"),  # other keys and values
+    ],
+    ids=["int8_kv", "int8_weights"],
+)
+def test_a_quantized_prefill_is_refused_by_an_unquantized_decode_naming_the_difference(
+    new_engine: Factory, prefill_settings: dict[str, str], message: str
 ) -> None:
-    prefill = new_engine(kv_transport="packed", kv_cache_dtype="int8")
+    prefill = new_engine(kv_transport="packed", **prefill_settings)
     decode = new_engine(kv_transport="packed")
 
     async def run() -> None:
         handle = await _prefill(prefill, "p", PROMPTS["long"])
         await _collect(decode, _decode_request(decode, "d", PROMPTS["long"], handle))
 
-    with pytest.raises(KVLayoutMismatchError, match=r"kv_dtype: float32 vs int8"):
+    with pytest.raises(KVLayoutMismatchError, match=message):
         asyncio.run(run())
     asyncio.run(_assert_whole(decode))

@@ -86,6 +86,7 @@ def kv_layout_of(config: EngineConfig, model: ModelConfig) -> KVLayout:
     tp = config.tensor_parallel_size
     return KVLayout(
         model=model_digest(config.model.name, (config.model / "config.json").read_bytes()),
+        weights=config.quantization or model.checkpoint_quantization or "full",
         dtype=model.dtype,
         kv_dtype=model.dtype if config.kv_cache_dtype == "auto" else config.kv_cache_dtype,
         block_size=config.block_size,

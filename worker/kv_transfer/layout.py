@@ -19,10 +19,13 @@ class KVLayoutMismatchError(KVFleetError):
 class KVLayout:
     """Everything that decides a KV block's bytes. ``model`` is a digest of the checkpoint's
     config.json and name (blocks computed by other weights are garbage however they are
-    shaped); ``kv_dtype`` is ``dtype`` or a quantized format ("int8", "fp8");
-    ``kv_heads_per_rank`` is what each tensor-parallel rank holds."""
+    shaped); ``weights`` how its linear layers are held ("int8", "fp8", or "full": the same
+    checkpoint quantized as it loads computes other keys and values); ``kv_dtype`` is
+    ``dtype`` or a quantized format ("int8", "fp8"); ``kv_heads_per_rank`` is what each
+    tensor-parallel rank holds."""
 
     model: str
+    weights: str
     dtype: str
     kv_dtype: str
     block_size: int
