@@ -9,8 +9,8 @@ torch.float8_e4m3fn for "fp8") and whose last dimension holds each (token slot, 
     one slot, one head:  | q[0] q[1] ... q[head_dim-1] | scale (float32, 4 bytes) |
                            value[i] ~= q[i] * scale
 
-Scales are dynamic and symmetric: amax / 127 for int8 (rounded, clamped to +-127), amax / 448
-for fp8 e4m3 (448 is its largest finite value); an all-zero row gets scale 1. Because a block's
+Scales are dynamic and symmetric, per row as kernels/eight_bit.py quantizes: amax / 127 for
+int8, amax / 448 for fp8 e4m3; an all-zero row gets scale 1. Because a block's
 scales live inside its own bytes, everything that moves blocks as bytes (copy-on-write, KV
 transfer between pools, the transfer layout's block size) carries them unchanged.
 """
@@ -19,37 +19,26 @@ from __future__ import annotations
 
 import torch
 
+from kernels.eight_bit import FORMATS, is_eight_bit, quantize_last_dim, require_fp8
+
 SCALE_BYTES = 4
-KV_CACHE_DTYPES: dict[str, torch.dtype] = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
-_QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
 
 
 def is_quantized(kv_cache: torch.Tensor) -> bool:
     """Whether ``kv_cache`` holds quantized values with scales (this module's layout)."""
-    return kv_cache.dtype in _QMAX
-
-
-def qmax(dtype: torch.dtype) -> float:
-    """The largest quantized magnitude of a quantized cache dtype (127, or 448 for fp8)."""
-    return _QMAX[dtype]
+    return is_eight_bit(kv_cache.dtype)
 
 
 def cache_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
     """The cache tensor's dtype for an ``EngineConfig.kv_cache_dtype``; "auto" is the model's."""
-    return model_dtype if kv_cache_dtype == "auto" else KV_CACHE_DTYPES[kv_cache_dtype]
+    return model_dtype if kv_cache_dtype == "auto" else FORMATS[kv_cache_dtype]
 
 
 def check_device_supports(kv_cache_dtype: str, device: torch.device) -> None:
     """Raise ValueError for an fp8 cache on a CUDA device older than compute capability 8.9,
-    whose Triton kernels cannot convert fp8; a CPU converts it in its own attention kernel."""
-    if kv_cache_dtype != "fp8" or device.type != "cuda":
-        return
-    capability = torch.cuda.get_device_capability(device)
-    if capability < (8, 9):
-        raise ValueError(
-            f"kv_cache_dtype 'fp8' needs a GPU of compute capability 8.9 or newer; {device} has "
-            f"{capability[0]}.{capability[1]} (int8 works on any)"
-        )
+    whose Triton kernels cannot convert fp8 (int8 works on any); a CPU converts it in torch."""
+    if kv_cache_dtype == "fp8":
+        require_fp8(device, "kv_cache_dtype")
 
 
 def slot_width(head_dim: int, kv_cache_dtype: str) -> int:
@@ -64,17 +53,11 @@ def slot_width(head_dim: int, kv_cache_dtype: str) -> int:
 def quantize(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x`` [..., D] as packed rows [..., D + 4] of ``dtype`` (layout in the module docstring),
     one scale per row."""
-    limit = _QMAX[dtype]
-    x = x.float()
-    amax = x.abs().amax(dim=-1, keepdim=True)
-    scale = torch.where(amax > 0, amax / limit, torch.ones_like(amax))
-    q = (x / scale).clamp(-limit, limit)
-    if dtype == torch.int8:
-        q = q.round()
+    q, scale = quantize_last_dim(x, dtype)
     head_dim = x.shape[-1]
     packed = torch.empty((*x.shape[:-1], head_dim + SCALE_BYTES), dtype=dtype, device=x.device)
-    packed[..., :head_dim] = q.to(dtype)
-    packed.view(torch.uint8)[..., head_dim:] = scale.view(torch.uint8)
+    packed[..., :head_dim] = q
+    packed.view(torch.uint8)[..., head_dim:] = scale[..., None].view(torch.uint8)
     return packed
 
 

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import kv_quant
+from kernels import eight_bit
 from kernels.attention_tile_triton import scale_views
 from kernels.layout import unit_last_stride
 
@@ -117,5 +117,5 @@ def store_kv_triton(
         HEAD_DIM=head_dim,
         HEADS_PAD=triton.next_power_of_2(num_kv_heads),
         DIM_PAD=triton.next_power_of_2(head_dim),
-        QMAX=kv_quant.qmax(kv_cache.dtype) if quantized else 0.0,
+        QMAX=eight_bit.qmax(kv_cache.dtype) if quantized else 0.0,
     )

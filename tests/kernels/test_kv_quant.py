@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import kv_quant, ops
+from kernels import eight_bit, kv_quant, ops
 from kernels.attention_cpu import paged_attention_cpu
 from kernels.attention_ref import paged_attention_ref
 from tests.kernels.helpers import paged_step
@@ -48,13 +48,13 @@ def test_scale_is_amax_over_the_formats_largest_value_stored_after_the_values(
 ) -> None:
     x = _randn((5, 3, HEAD_DIM), seed=1)
     packed = kv_quant.quantize(x, dtype)
-    expected = x.abs().amax(dim=-1) / kv_quant.qmax(dtype)
+    expected = x.abs().amax(dim=-1) / eight_bit.qmax(dtype)
     torch.testing.assert_close(kv_quant.scales(packed), expected)
     tail = packed.view(torch.uint8)[..., HEAD_DIM:].contiguous().view(torch.float32)[..., 0]
     assert torch.equal(tail, kv_quant.scales(packed))
     # The largest magnitude of each row quantizes to the format's largest value exactly.
     assert torch.equal(
-        packed[..., :HEAD_DIM].float().abs().amax(dim=-1), torch.full((5, 3), kv_quant.qmax(dtype))
+        packed[..., :HEAD_DIM].float().abs().amax(dim=-1), torch.full((5, 3), eight_bit.qmax(dtype))
     )
 
 
@@ -117,6 +117,7 @@ def test_fp8_is_refused_by_name_on_a_gpu_older_than_compute_capability_8_9(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA A100")
     with pytest.raises(ValueError, match=r"kv_cache_dtype 'fp8' needs .* 8\.9 .* has 8\.0"):
         kv_quant.check_device_supports("fp8", torch.device("cuda", 0))
     kv_quant.check_device_supports("int8", torch.device("cuda", 0))

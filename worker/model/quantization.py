@@ -3,9 +3,8 @@ output row.
 
 Every linear layer of the decoder (q/k/v, o, gate/up, down; not the embedding or the LM head)
 holds ``weight`` [out, in] as int8 or float8_e4m3fn and ``weight_scale`` [out] in float32, and
-computes ``x @ (weight * weight_scale[:, None])^T`` (kernels.ops.quant_linear). A row's scale is
-its largest magnitude over the largest value the format holds (127; 448 for e4m3), so the row
-spans the whole format; int8 rounds to nearest and fp8 to its nearest representable value.
+computes ``x @ (weight * weight_scale[:, None])^T`` (kernels.ops.quant_linear). Rows are
+quantized as kernels/eight_bit.py does it for weights and the KV cache alike.
 
 Quantized at load time from a float checkpoint, each tensor-parallel rank quantizes only the
 block it keeps: a column-parallel rank its output rows, whose scales are exactly the whole
@@ -32,30 +31,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kernels.eight_bit import FORMATS, quantize_last_dim, require_fp8
 from worker.errors import ModelLoadError
 from worker.model.weights import CheckpointTensor, expect_shape
 from worker.model_config import WEIGHT_QUANTIZATIONS
 
-QUANTIZED_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
-# The largest magnitude each format holds; int8 stays symmetric (-128 is never used).
-_MAX_VALUE = {"int8": 127.0, "fp8": torch.finfo(torch.float8_e4m3fn).max}
+QUANTIZED_DTYPES = FORMATS
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
-# Ada and Hopper convert e4m3 in hardware; older GPUs have no fp8 at all.
-FP8_MIN_CAPABILITY = (8, 9)
 
 
 def quantize_rows(weight: torch.Tensor, weights: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``weight`` [out, in] (any float dtype) → (``weights``' dtype [out, in], float32 scale
-    [out]) with ``weight ≈ quantized * scale[:, None]``; computed in float32. An all-zero row
-    gets scale 1 (its values are 0 at any scale)."""
-    w = weight.float()
-    max_value = _MAX_VALUE[weights]
-    absmax = w.abs().amax(dim=1)
-    scale = torch.where(absmax > 0, absmax / max_value, torch.ones_like(absmax))
-    scaled = (w / scale[:, None]).clamp(-max_value, max_value)
-    if weights == "int8":
-        scaled = scaled.round()
-    return scaled.to(QUANTIZED_DTYPES[weights]), scale
+    [out]) with ``weight ≈ quantized * scale[:, None]`` (kernels/eight_bit.py)."""
+    return quantize_last_dim(weight, FORMATS[weights])
 
 
 @dataclass(frozen=True)
@@ -119,15 +107,8 @@ def resolve_quantization(
 def check_device_supports(weights: str, device: torch.device) -> None:
     """Raise ValueError for fp8 weights on a CUDA device older than compute capability 8.9.
     On a CPU fp8 runs dequantized by torch (slowly), so it is allowed."""
-    if weights != "fp8" or device.type != "cuda":
-        return
-    capability = torch.cuda.get_device_capability(device)
-    if capability < FP8_MIN_CAPABILITY:
-        need = ".".join(map(str, FP8_MIN_CAPABILITY))
-        raise ValueError(
-            f"quantization 'fp8' needs a GPU of compute capability {need} or newer; {device} "
-            f"({torch.cuda.get_device_name(device)}) has {capability[0]}.{capability[1]}"
-        )
+    if weights == "fp8":
+        require_fp8(device, "quantization")
 
 
 def weight_bytes(module: nn.Module) -> int:
